@@ -1,0 +1,48 @@
+"""sessionmw: server-side, locked HTTP sessions for ASGI, WSGI and Flask apps.
+
+The cookie carries only a signed session id; the data lives in a backend shared by every worker;
+a per-session lock keeps two concurrent requests of one user from overwriting each other; read-only
+routes skip the lock and the write.
+"""
+
+from __future__ import annotations
+
+from .asgi import SessionMiddleware as SessionMiddleware
+from .backends import AsyncBackend as AsyncBackend
+from .backends import Backend as Backend
+from .backends import Record as Record
+from .backends import SessionInfo as SessionInfo
+from .config import options_from_config as options_from_config
+from .errors import BackendUnavailable as BackendUnavailable
+from .errors import ConfigError as ConfigError
+from .errors import ReadOnlySessionError as ReadOnlySessionError
+from .errors import SerializationError as SerializationError
+from .errors import SessionError as SessionError
+from .errors import SessionLockTimeout as SessionLockTimeout
+from .errors import SessionUnavailable as SessionUnavailable
+from .errors import TooManyWaiters as TooManyWaiters
+from .readonly import read_only as read_only
+from .session import Session as Session
+from .wsgi import WSGISessionMiddleware as WSGISessionMiddleware
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncBackend",
+    "Backend",
+    "BackendUnavailable",
+    "ConfigError",
+    "ReadOnlySessionError",
+    "Record",
+    "SerializationError",
+    "Session",
+    "SessionError",
+    "SessionInfo",
+    "SessionLockTimeout",
+    "SessionMiddleware",
+    "SessionUnavailable",
+    "TooManyWaiters",
+    "WSGISessionMiddleware",
+    "options_from_config",
+    "read_only",
+]

@@ -1,0 +1,206 @@
+"""Per-request handles: the glue between one request's session and the core and driver.
+
+An adapter makes one handle per request; the handle runs the core's flows through the driver and
+remembers the outcome (the cookie to send). Sync handles serve WSGI and Flask, async ones ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._drive import AsyncDriver, SyncDriver
+from .core import CookieAction, RequestInfo, SessionCore
+from .errors import ReadOnlySessionError
+from .session import Session, SessionHooks
+
+__all__ = ["AsyncHandle", "SyncHandle"]
+
+
+class SyncHandle(SessionHooks):
+    """One request's session on a sync backend; loads lazily on first access.
+
+    :param read_only: tells, when the session is first loaded, whether the route is read-only and
+        whether that is enforced (``(read_only, enforced)``); Flask knows its endpoint only then.
+    """
+
+    def __init__(
+        self,
+        core: SessionCore,
+        driver: SyncDriver,
+        found: tuple[str, float] | None,
+        req: RequestInfo,
+        read_only: Callable[[], tuple[bool, bool]] | None = None,
+    ) -> None:
+        self.core = core
+        self.driver = driver
+        self.found = found
+        self.req = req
+        self.resolve_read_only = read_only
+        self.action: CookieAction | None = None
+        self.finished = False
+
+    def make_session(self, cls: type[Session] = Session) -> Session:
+        """Return the request's session, lazy when there is a cookie to load."""
+        s = self.core.new_session() if cls is Session else _new(self.core, cls)
+        s._hooks = self
+        if self.found is not None:
+            s._lazy = True
+        elif self.resolve_read_only is not None:
+            s._lazy = True  # only to learn the route's read-only status on first access
+        return s
+
+    def load(self, session: Session) -> None:
+        """Load the session (taking its lock unless the route is read-only)."""
+        if self.resolve_read_only is not None:
+            declared, enforced = self.resolve_read_only()
+            self.core.set_read_only(session, declared and enforced, declared and not enforced)
+        if self.found is None:
+            return
+        sid, signed_at = self.found
+        self.driver.run(
+            self.core.open(
+                session,
+                sid,
+                lock=not session._read_only,
+                now=time.time(),
+                mono=time.monotonic(),
+                signed_at=signed_at,
+                req=self.req,
+            )
+        )
+
+    def finish(self, session: Session) -> CookieAction | None:
+        """Write back and release (once); return the cookie action."""
+        if not self.finished:
+            self.finished = True
+            self.action = self.driver.run(
+                self.core.close(session, now=time.time(), mono=time.monotonic(), req=self.req)
+            )
+        return self.action
+
+    def abort(self, session: Session) -> None:
+        """Release the lock without writing, if the session was not finished."""
+        if not self.finished:
+            self.finished = True
+            self.driver.run(self.core.abort(session))
+
+    def release(self, session: Session) -> None:
+        """``session.release()``: write back and release now."""
+        self.finish(session)
+
+    def upgrade(self, session: Session) -> None:
+        """``session.upgrade()``: re-read under the lock."""
+        if self.finished:
+            raise ReadOnlySessionError("the session was already released; it cannot take a lock now")
+        sid = self.core.reset_for_upgrade(session)
+        if sid is not None:
+            self.driver.run(
+                self.core.open(
+                    session,
+                    sid,
+                    lock=True,
+                    now=time.time(),
+                    mono=time.monotonic(),
+                    signed_at=getattr(session, "_cookie_signed_at", None),
+                    req=self.req,
+                )
+            )
+
+
+def _new(core: SessionCore, cls: type[Session]) -> Session:
+    s = cls()
+    base = core.new_session()
+    s._new_id_factory = base._new_id_factory
+    s._idle_timeout = base._idle_timeout
+    return s
+
+
+class AsyncHandle(SessionHooks):
+    """One request's session on an async backend; the ASGI adapter loads it before the app runs."""
+
+    def __init__(self, core: SessionCore, driver: AsyncDriver, req: RequestInfo) -> None:
+        self.core = core
+        self.driver = driver
+        self.req = req
+        self.action: CookieAction | None = None
+        self.finished = False
+        self._pending: asyncio.Task[Any] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    async def open(self, session: Session, found: tuple[str, float | None], lock: bool) -> None:
+        """Load the session before the app runs."""
+        sid, signed_at = found
+        await self.driver.run(
+            self.core.open(
+                session,
+                sid,
+                lock=lock,
+                now=time.time(),
+                mono=time.monotonic(),
+                signed_at=signed_at,
+                req=self.req,
+            )
+        )
+
+    async def finish(self, session: Session) -> CookieAction | None:
+        """Write back and release (once); return the cookie action."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        return await self._close(session)
+
+    async def _close(self, session: Session) -> CookieAction | None:
+        if not self.finished:
+            self.finished = True
+            self.action = await self.driver.run(
+                self.core.close(session, now=time.time(), mono=time.monotonic(), req=self.req)
+            )
+        return self.action
+
+    async def abort(self, session: Session) -> None:
+        """Release the lock without writing, if the session was not finished."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        if not self.finished:
+            self.finished = True
+            await self.driver.run(self.core.abort(session))
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def release(self, session: Session) -> None:
+        """``session.release()``: frozen at once; written and unlocked now (or, on the loop, at once after)."""
+        if self.finished or self._pending is not None:
+            return
+        if self._in_loop():
+            session._frozen_reason = "the session was released; changes after release() are not saved"
+            self._pending = self._loop.create_task(self._close(session))
+        else:
+            from anyio import from_thread
+
+            from_thread.run(self.finish, session)
+
+    def upgrade(self, session: Session) -> None:
+        """``session.upgrade()`` from a sync endpoint (in a worker thread); use ``aupgrade`` on the loop."""
+        if self._in_loop():
+            raise ReadOnlySessionError(
+                "session.upgrade() needs I/O: in an async endpoint use 'await session.aupgrade()'"
+            )
+        from anyio import from_thread
+
+        from_thread.run(self.aupgrade, session)
+
+    async def aupgrade(self, session: Session) -> None:
+        """Re-read the session under its lock."""
+        if self.finished:
+            raise ReadOnlySessionError("the session was already released; it cannot take a lock now")
+        sid = self.core.reset_for_upgrade(session)
+        if sid is not None:
+            await self.open(session, (sid, getattr(session, "_cookie_signed_at", None)), lock=True)

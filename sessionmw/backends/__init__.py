@@ -1,0 +1,120 @@
+"""Storage backends, chosen by URL scheme.
+
+Each backend module offers ``from_url(url, key_prefix) -> Backend`` and may offer
+``async_from_url(url, key_prefix) -> AsyncBackend`` when its client has a native asyncio twin;
+otherwise ASGI apps get the sync backend run in worker threads. Client libraries are imported only
+when their scheme is used; a missing one names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ._url import BackendURL, parse_backend_url
+from .base import AsyncBackend, Backend, Record, SessionInfo, Touch
+from .threaded import ThreadedAsyncBackend
+
+__all__ = [
+    "AsyncBackend",
+    "Backend",
+    "BackendURL",
+    "Record",
+    "SessionInfo",
+    "ThreadedAsyncBackend",
+    "Touch",
+    "as_async",
+    "open_async_backend",
+    "open_backend",
+]
+
+# scheme -> (module, extra to install for its client)
+_SCHEMES: dict[str, tuple[str, str | None]] = {
+    "memory": ("sessionmw.backends.memory", None),
+    "file": ("sessionmw.backends.file", None),
+    "redis": ("sessionmw.backends.redis", "redis"),
+    "rediss": ("sessionmw.backends.redis", "redis"),
+    "unix": ("sessionmw.backends.redis", "redis"),
+    "redis+unix": ("sessionmw.backends.redis", "redis"),
+    "redis+sentinel": ("sessionmw.backends.redis", "redis"),
+    "redis+cluster": ("sessionmw.backends.redis", "redis"),
+    "memcached": ("sessionmw.backends.memcached", "memcached"),
+}
+_SQL_EXTRA = "sql"
+_CLIENTS = {"redis": "redis", "memcached": "pymemcache", "sql": "sqlalchemy"}
+
+
+def _module_for(url: BackendURL) -> Any:
+    scheme = url.scheme
+    if scheme in _SCHEMES:
+        modname, extra = _SCHEMES[scheme]
+    elif scheme.split("+", 1)[0] in (
+        "sqlite",
+        "postgresql",
+        "postgres",
+        "mysql",
+        "mariadb",
+        "oracle",
+        "mssql",
+    ):
+        modname, extra = "sessionmw.backends.sql", _SQL_EXTRA
+    else:
+        known = ", ".join(sorted(set(_SCHEMES) | {"sqlite", "postgresql+psycopg", "mysql+pymysql"}))
+        raise ConfigError(
+            f"unknown backend URL scheme {scheme!r} in {url.display!r}; known: {known}", option="backend"
+        )
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if (
+            extra is not None
+            and exc.name is not None
+            and exc.name.split(".")[0] == _CLIENTS.get(extra, extra)
+        ):
+            raise ConfigError(
+                f"the {scheme}:// backend needs {exc.name}: pip install 'sessionmw[{extra}]'",
+                option="backend",
+            ) from exc
+        raise
+
+
+def _build(spec: str, key_prefix: str, factory_name: str) -> Any:
+    url = parse_backend_url(spec)
+    module = _module_for(url)
+    factory: Callable[[BackendURL, str], Any] | None = getattr(module, factory_name, None)
+    if factory is None:
+        return None
+    backend = factory(url, key_prefix)
+    url.finish()
+    return backend
+
+
+def open_backend(spec: str | Backend, *, key_prefix: str = "sessmw:") -> Backend:
+    """Return the sync backend for a URL (or ``spec`` itself when it already is a backend)."""
+    if not isinstance(spec, str):
+        if isinstance(spec, Backend):
+            return spec
+        raise ConfigError(f"backend must be a URL or a Backend, not {type(spec).__name__}", option="backend")
+    backend: Backend = _build(spec, key_prefix, "from_url")
+    return backend
+
+
+def open_async_backend(spec: str | Backend | AsyncBackend, *, key_prefix: str = "sessmw:") -> AsyncBackend:
+    """Return an asyncio backend for a URL: the native one where the client has it, else threaded."""
+    if not isinstance(spec, str):
+        if isinstance(spec, AsyncBackend):
+            return spec
+        return as_async(open_backend(spec, key_prefix=key_prefix))
+    native: AsyncBackend | None = _build(spec, key_prefix, "async_from_url")
+    if native is not None:
+        return native
+    return as_async(open_backend(spec, key_prefix=key_prefix))
+
+
+def as_async(backend: Backend | AsyncBackend) -> AsyncBackend:
+    """Return ``backend`` itself if it is async already, else a threaded async wrapper of it."""
+    if isinstance(backend, AsyncBackend):
+        return backend
+    return ThreadedAsyncBackend(backend)

@@ -1,0 +1,222 @@
+"""What a storage backend is: a few one-round-trip primitives, sync and async.
+
+Rules of this module: no I/O. A backend never waits for a lock (the core's drivers do), never decides
+whether a session has timed out (the core does), and never sees Python session objects: it stores a
+:class:`Record`, whose ``data`` is already serialized.
+
+Every method of :class:`Backend` is one attempt and, where the store allows it, one round trip. The
+async protocol :class:`AsyncBackend` has the same methods with an ``a`` prefix (``aload``), so one
+class with no I/O (memory) can be both, and a wrongly wired backend fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "AsyncBackend",
+    "Backend",
+    "Record",
+    "SessionInfo",
+    "Touch",
+    "decode_record",
+    "encode_record",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored session: its serialized data and the metadata the core keeps with it.
+
+    Times are wall-clock seconds since the epoch (``time.time()``), since they are shared between
+    processes and hosts.
+    """
+
+    #: The session dict, serialized.
+    data: bytes
+    #: When the session was created.
+    created: float
+    #: When the session was last used (refreshed at most once per ``touch_interval``).
+    last_access: float
+    #: Whose session it is (``bind_user``), or ``None`` for an anonymous one.
+    user_id: str | int | None = None
+    first_ip: str | None = None
+    last_ip: str | None = None
+    user_agent: str | None = None
+    #: ``True`` when the session carries its own idle timeout (``idle_timeout`` below, ``None`` = never).
+    idle_override: bool = False
+    idle_timeout: float | None = None
+    #: When the core considers the session expired (``None`` = never); backends index it for gc.
+    expires: float | None = None
+
+    def touched(self, touch: Touch) -> Record:
+        """Return this record with the last access and IP of ``touch``."""
+        return replace(
+            self,
+            last_access=touch.last_access,
+            last_ip=touch.last_ip if touch.last_ip is not None else self.last_ip,
+            expires=touch.expires,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A refresh of a session's last access, written without rewriting its data."""
+
+    last_access: float
+    last_ip: str | None
+    #: The record's new expiry (``Record.expires``).
+    expires: float | None
+    #: Seconds the store should keep the record from now (a safety net; ``None`` = no TTL).
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the administration API tells about one session (never its data)."""
+
+    sid: str
+    user_id: str | int | None
+    created: float
+    last_access: float
+    first_ip: str | None
+    last_ip: str | None
+    user_agent: str | None = None
+
+
+_META_KEYS = ("c", "a", "u", "fi", "li", "ua", "io", "it", "x")
+
+
+def encode_record(record: Record) -> bytes:
+    """Return ``record`` as one blob: a JSON line of metadata, then the data bytes."""
+    meta = [
+        record.created,
+        record.last_access,
+        record.user_id,
+        record.first_ip,
+        record.last_ip,
+        record.user_agent,
+        record.idle_override,
+        record.idle_timeout,
+        record.expires,
+    ]
+    return json.dumps(meta, separators=(",", ":")).encode("utf-8") + b"\n" + record.data
+
+
+def decode_record(blob: bytes) -> Record:
+    """Return the record in a blob made by :func:`encode_record`."""
+    head, sep, data = blob.partition(b"\n")
+    if not sep:
+        raise ValueError("not a sessionmw record")
+    meta: list[Any] = json.loads(head)
+    return Record(
+        data=data,
+        created=meta[0],
+        last_access=meta[1],
+        user_id=meta[2],
+        first_ip=meta[3],
+        last_ip=meta[4],
+        user_agent=meta[5],
+        idle_override=meta[6],
+        idle_timeout=meta[7],
+        expires=meta[8],
+    )
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Synchronous session storage: one attempt per call, no waiting, no policy.
+
+    ``sid`` is the session id as it appears in the cookie; the backend adds its own key prefix.
+    """
+
+    #: A short description for messages and logs, with any password removed (``redis://host:6379/0``).
+    name: str
+
+    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """Try once to lock ``sid`` for ``expire`` seconds; if that worked, also return its record.
+
+        Returns ``(False, None)`` when another token holds the lock, ``(True, None)`` when the lock
+        was taken but no session is stored under ``sid``.
+        """
+        ...
+
+    def load(self, sid: str) -> Record | None:
+        """Return the record of ``sid`` without locking, or ``None``."""
+        ...
+
+    def create(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """Store a new session only if ``sid`` is unused; return whether it was stored."""
+        ...
+
+    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """Store ``record`` and release the lock, only if ``token`` still holds the lock.
+
+        Returns ``False`` (and writes nothing) when the lock expired and may be someone else's.
+        """
+        ...
+
+    def release(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
+        ...
+
+    def touch(self, sid: str, touch: Touch) -> None:
+        """Refresh last access of a stored session without a lock and without rewriting its data."""
+        ...
+
+    def extend(self, sid: str, token: str, expire: float) -> bool:
+        """Push the lock's expiry to ``expire`` seconds from now, if ``token`` still holds it."""
+        ...
+
+    def delete(self, sid: str) -> None:
+        """Remove the session's data (not its lock); removing a missing session is not an error."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and other resources."""
+        ...
+
+
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """The asyncio twin of :class:`Backend`: the same primitives, ``a``-prefixed and awaitable."""
+
+    name: str
+
+    async def alock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """See :meth:`Backend.lock_and_load`."""
+        ...
+
+    async def aload(self, sid: str) -> Record | None:
+        """See :meth:`Backend.load`."""
+        ...
+
+    async def acreate(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """See :meth:`Backend.create`."""
+        ...
+
+    async def asave(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """See :meth:`Backend.save`."""
+        ...
+
+    async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """See :meth:`Backend.release`."""
+        ...
+
+    async def atouch(self, sid: str, touch: Touch) -> None:
+        """See :meth:`Backend.touch`."""
+        ...
+
+    async def aextend(self, sid: str, token: str, expire: float) -> bool:
+        """See :meth:`Backend.extend`."""
+        ...
+
+    async def adelete(self, sid: str) -> None:
+        """See :meth:`Backend.delete`."""
+        ...
+
+    async def aclose(self) -> None:
+        """See :meth:`Backend.close`."""
+        ...

@@ -1,0 +1,208 @@
+"""The memory backend: sessions in this process's memory, for tests and development.
+
+``memory://`` names one store per process (``memory://name`` another), shared by every middleware
+that names it, so ``key_prefix`` keeps apps apart as it does on a real server. It is both a
+:class:`~sessionmw.backends.base.Backend` and an
+:class:`~sessionmw.backends.base.AsyncBackend`: it does no I/O, so the async methods call the sync
+ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ._url import BackendURL
+from .base import Record, Touch
+
+__all__ = ["MemoryBackend"]
+
+
+@dataclass
+class _Store:
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    #: key -> (record, monotonic deadline or None)
+    data: dict[str, tuple[Record, float | None]] = field(default_factory=dict)
+    #: key -> (token, monotonic deadline)
+    locks: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_MUTEX = threading.Lock()
+
+
+def _store(name: str) -> _Store:
+    with _STORES_MUTEX:
+        store = _STORES.get(name)
+        if store is None:
+            store = _STORES[name] = _Store()
+        return store
+
+
+class MemoryBackend:
+    """Sessions in a dict of this process; locks expire after ``lock_expire`` like everywhere else.
+
+    :param name: which in-process store to use (``memory://name``).
+    :param key_prefix: prepended to every session id.
+    """
+
+    def __init__(self, name: str = "", *, key_prefix: str = "sessmw:") -> None:
+        self.name = f"memory://{name}"
+        self.key_prefix = key_prefix
+        self._s = _store(name)
+
+    def _live(self, key: str, now: float) -> Record | None:
+        item = self._s.data.get(key)
+        if item is None:
+            return None
+        record, deadline = item
+        if deadline is not None and deadline <= now:
+            del self._s.data[key]
+            return None
+        return record
+
+    def _holds(self, key: str, token: str, now: float) -> bool:
+        held = self._s.locks.get(key)
+        return held is not None and held[0] == token and held[1] > now
+
+    # -- sync primitives ------------------------------------------------------------------------
+
+    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """Try once to lock ``sid``; when taken, return its record too."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            held = self._s.locks.get(key)
+            if held is not None and held[1] > now:
+                return False, None
+            self._s.locks[key] = (token, now + expire)
+            return True, self._live(key, now)
+
+    def load(self, sid: str) -> Record | None:
+        """Return the record of ``sid`` without locking."""
+        with self._s.mutex:
+            return self._live(self.key_prefix + sid, time.monotonic())
+
+    def create(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """Store a new session if ``sid`` is unused."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            if self._live(key, now) is not None:
+                return False
+            self._s.data[key] = (record, None if ttl is None else now + ttl)
+            return True
+
+    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """Store ``record`` and release the lock, if ``token`` still holds it."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            if not self._holds(key, token, now):
+                return False
+            self._s.data[key] = (record, None if ttl is None else now + ttl)
+            del self._s.locks[key]
+            return True
+
+    def release(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """Release the lock if ``token`` holds it, touching the record first."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            if not self._holds(key, token, now):
+                return False
+            del self._s.locks[key]
+            if touch is not None:
+                self._touch(key, touch, now)
+            return True
+
+    def touch(self, sid: str, touch: Touch) -> None:
+        """Refresh last access without rewriting the data."""
+        with self._s.mutex:
+            self._touch(self.key_prefix + sid, touch, time.monotonic())
+
+    def _touch(self, key: str, touch: Touch, now: float) -> None:
+        record = self._live(key, now)
+        if record is not None:
+            self._s.data[key] = (record.touched(touch), None if touch.ttl is None else now + touch.ttl)
+
+    def extend(self, sid: str, token: str, expire: float) -> bool:
+        """Push the lock's expiry out, if ``token`` still holds it."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            if not self._holds(key, token, now):
+                return False
+            self._s.locks[key] = (token, now + expire)
+            return True
+
+    def delete(self, sid: str) -> None:
+        """Remove the session's data."""
+        with self._s.mutex:
+            self._s.data.pop(self.key_prefix + sid, None)
+
+    def close(self) -> None:
+        """Nothing to release: the store lives as long as the process."""
+
+    # -- administration ------------------------------------------------------------------------
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under this key prefix."""
+        now = time.monotonic()
+        n = len(self.key_prefix)
+        with self._s.mutex:
+            items = [
+                (k[n:], rec)
+                for k, (rec, deadline) in self._s.data.items()
+                if k.startswith(self.key_prefix) and (deadline is None or deadline > now)
+            ]
+        yield from items
+
+    # -- async twins: no I/O, so they call the sync primitives ---------------------------------
+
+    async def alock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """See :meth:`lock_and_load`."""
+        return self.lock_and_load(sid, token, expire)
+
+    async def aload(self, sid: str) -> Record | None:
+        """See :meth:`load`."""
+        return self.load(sid)
+
+    async def acreate(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """See :meth:`create`."""
+        return self.create(sid, record, ttl)
+
+    async def asave(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """See :meth:`save`."""
+        return self.save(sid, record, token, ttl)
+
+    async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """See :meth:`release`."""
+        return self.release(sid, token, touch)
+
+    async def atouch(self, sid: str, touch: Touch) -> None:
+        """See :meth:`touch`."""
+        self.touch(sid, touch)
+
+    async def aextend(self, sid: str, token: str, expire: float) -> bool:
+        """See :meth:`extend`."""
+        return self.extend(sid, token, expire)
+
+    async def adelete(self, sid: str) -> None:
+        """See :meth:`delete`."""
+        self.delete(sid)
+
+    async def aclose(self) -> None:
+        """See :meth:`close`."""
+
+
+def from_url(url: BackendURL, key_prefix: str) -> MemoryBackend:
+    """Build the backend for ``memory://`` or ``memory://name``."""
+    name = url.hosts[0][0] if url.hosts else ""
+    return MemoryBackend(name, key_prefix=key_prefix)
+
+
+#: The memory backend is natively async too.
+async_from_url = from_url

@@ -1,0 +1,234 @@
+"""The Flask adapter: ``FlaskSession(app)`` makes ``flask.session`` a server-side, locked session.
+
+Flask opens the session before it matches the URL, so ``open_session`` does no I/O and returns a
+lazy session; the first access loads it, when ``request.endpoint`` (and so ``@read_only``) is known.
+``save_session`` writes back, releases the lock and sets the cookie with Flask's own
+``response.set_cookie``; ``teardown_request`` releases the lock when an exception skipped
+``save_session``. Cookie settings are read from ``app.config`` per request, as Flask does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+
+from ._drive import SyncDriver
+from ._handle import SyncHandle
+from .asgi import check_unsupported, default_backend_url
+from .backends import Backend, open_backend
+from .config import OPTION_NAMES, build_settings, closest_option, options_from_config
+from .cookies import check_cookie_name
+from .core import RequestInfo, SessionCore
+from .errors import ConfigError, SessionUnavailable
+from .readonly import is_read_only
+from .session import Session
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Response as BaseResponse
+
+__all__ = ["FlaskServerSession", "FlaskSession", "FlaskSessionInterface"]
+
+_ENVIRON_KEY = "sessionmw.session"
+# Options Flask itself owns (cookie attributes), read per request through SessionInterface getters.
+_FLASK_OWNED = {
+    "session_cookie",
+    "path",
+    "domain",
+    "https_only",
+    "httponly",
+    "same_site",
+    "partitioned",
+    "max_age",
+}
+_FLASK_KEYS = {
+    "SESSION_COOKIE_NAME",
+    "SESSION_COOKIE_DOMAIN",
+    "SESSION_COOKIE_PATH",
+    "SESSION_COOKIE_HTTPONLY",
+    "SESSION_COOKIE_SECURE",
+    "SESSION_COOKIE_SAMESITE",
+    "SESSION_COOKIE_PARTITIONED",
+    "SESSION_REFRESH_EACH_REQUEST",
+}
+
+
+class FlaskServerSession(Session, SessionMixin):
+    """The session Flask's ``session`` proxy returns: a :class:`sessionmw.Session` that is a ``SessionMixin``."""
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        """Flask's name for :attr:`is_new`."""
+        return self.is_new
+
+
+class _State:
+    """What FlaskSession keeps per app, in ``app.extensions["sessionmw"]``."""
+
+    def __init__(self, core: SessionCore, driver: SyncDriver, backend: Backend) -> None:
+        self.core = core
+        self.driver = driver
+        self.backend = backend
+
+
+class FlaskSessionInterface(SessionInterface):
+    """A Flask ``SessionInterface`` that delegates every session decision to sessionmw's core."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def get_cookie_name(self, app: Flask) -> str:
+        """Return ``SESSION_COOKIE_PREFIX + SESSION_COOKIE_NAME``."""
+        return self.state.core.settings.cookie_prefix + str(app.config["SESSION_COOKIE_NAME"])
+
+    def open_session(self, app: Flask, request: Request) -> FlaskServerSession:
+        """Return a lazy session for the request (no I/O here)."""
+        core = self.state.core
+        lifetime = app.permanent_session_lifetime.total_seconds()
+        value = request.cookies.get(self.get_cookie_name(app))
+        found = core.signer.unsign_with_time(value, lifetime) if value else None
+        settings = core.settings
+        path = request.path
+
+        def resolve() -> tuple[bool, bool]:
+            declared = core.path_matches(path, settings.read_only_paths)
+            endpoint = request.endpoint
+            if not declared and endpoint is not None:
+                declared = is_read_only(app.view_functions.get(endpoint))
+            return declared, not settings.read_only_debug
+
+        agent = request.headers.get("User-Agent")
+        req = RequestInfo(path=path, client_ip=request.remote_addr, user_agent=agent)
+        handle = SyncHandle(core, self.state.driver, found, req, resolve)
+        session = handle.make_session(FlaskServerSession)
+        if core.path_matches(path, settings.exclude_paths):
+            session._lazy = False
+            core.set_read_only(session, True, False)
+            session._frozen_reason = "this path is in exclude_paths: it has no session"
+        request.environ[_ENVIRON_KEY] = session
+        return session  # type: ignore[return-value]
+
+    def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
+        """Write the session back, release its lock and set or delete the cookie."""
+        if not isinstance(session, FlaskServerSession) or not isinstance(session._hooks, SyncHandle):
+            return
+        handle = session._hooks
+        action = handle.finish(session)
+        name = self.get_cookie_name(app)
+        domain = self.get_cookie_domain(app)
+        path = self.get_cookie_path(app)
+        secure = self.get_cookie_secure(app)
+        partitioned = self.get_cookie_partitioned(app)
+        samesite = self.get_cookie_samesite(app)
+        httponly = self.get_cookie_httponly(app)
+        if session.accessed:
+            response.vary.add("Cookie")
+        if action is not None and action.kind == "delete":
+            response.delete_cookie(
+                name,
+                domain=domain,
+                path=path,
+                secure=secure,
+                partitioned=partitioned,
+                samesite=samesite,
+                httponly=httponly,
+            )
+            return
+        value = None
+        if action is not None:
+            value = action.value
+        elif (
+            not session._lazy
+            and session._stored_id is not None
+            and session.get("_permanent", False)
+            and app.config["SESSION_REFRESH_EACH_REQUEST"]
+            and session.id is not None
+        ):
+            value = self.state.core.signer.sign(session.id)
+        if value is None:
+            return
+        response.set_cookie(
+            name,
+            value,
+            expires=self.get_expiration_time(app, session),
+            httponly=httponly,
+            domain=domain,
+            path=path,
+            secure=secure,
+            partitioned=partitioned,
+            samesite=samesite,
+        )
+
+
+class FlaskSession:
+    """Flask extension: server-side, locked sessions configured from ``app.config``.
+
+    ``FlaskSession(app)`` or ``ext = FlaskSession(); ext.init_app(app)``. Options are the
+    ``SESSION_*`` keys (``SESSION_BACKEND``, ``SESSION_LOCK_TIMEOUT``, ``SESSION_IDLE_TIMEOUT``...),
+    ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``, and ``SESSIONMW_*`` environment variables.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the session interface, the lock fallback and the 503 handler on ``app``."""
+        config = app.config
+        for key in config:
+            if key.startswith("SESSION_") and key not in _FLASK_KEYS:
+                name = key[len("SESSION_") :].lower()
+                if name not in OPTION_NAMES and key not in ("SESSION_COOKIE_PREFIX",):
+                    hint = closest_option(name)
+                    more = f"; did you mean SESSION_{hint.upper()}?" if hint else ""
+                    warnings.warn(f"sessionmw: unknown config key {key}{more}", stacklevel=2)
+        opts = {k: v for k, v in options_from_config(config, strict=False).items() if k not in _FLASK_OWNED}
+        secret = config.get("SECRET_KEY")
+        if not secret:
+            raise ConfigError(
+                "SECRET_KEY must be set in app.config: it signs the session id", option="SECRET_KEY"
+            )
+        keys = [secret, *(config.get("SECRET_KEY_FALLBACKS") or [])]
+        opts["secret_key"] = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+        settings = build_settings(max_age=None, **opts)
+        check_unsupported(settings)
+        lifetime = config.get("PERMANENT_SESSION_LIFETIME")
+        if not isinstance(lifetime, timedelta | int | float):
+            raise ConfigError(
+                "PERMANENT_SESSION_LIFETIME must be a timedelta or seconds",
+                option="PERMANENT_SESSION_LIFETIME",
+            )
+        check_cookie_name(
+            settings.cookie_prefix + str(config.get("SESSION_COOKIE_NAME") or "session"),
+            secure=bool(config.get("SESSION_COOKIE_SECURE")),
+            path=config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
+            domain=config.get("SESSION_COOKIE_DOMAIN") or None,
+        )
+        core = SessionCore(settings)
+        spec = settings.backend if settings.backend is not None else default_backend_url()
+        backend = open_backend(spec, key_prefix=settings.key_prefix)
+        state = _State(core, SyncDriver(backend, settings.lock_expire), backend)
+        app.extensions["sessionmw"] = state
+        app.session_interface = FlaskSessionInterface(state)
+        app.teardown_request(_release_on_teardown)
+        app.register_error_handler(SessionUnavailable, _unavailable)
+
+
+def _release_on_teardown(exc: BaseException | None) -> None:
+    from flask import request
+
+    session = request.environ.get(_ENVIRON_KEY)
+    if isinstance(session, Session) and isinstance(session._hooks, SyncHandle):
+        session._hooks.abort(session)
+
+
+def _unavailable(exc: SessionUnavailable) -> Response:
+    return Response(
+        f"503 Service Unavailable: {exc.message}\n",
+        status=503,
+        mimetype="text/plain",
+        headers={"Retry-After": str(exc.retry_after)},
+    )

@@ -1,0 +1,360 @@
+"""The session object the app sees: a ``dict`` that records what happened to it.
+
+Rules of this module: no I/O. A session records intent (modified, regenerate, invalidate, bind a
+user, release) and the core turns that into backend calls when the response starts. A session
+opened lazily (WSGI, Flask) holds a loader that the first read or write calls; the ASGI adapter
+hands the app an already loaded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import ReadOnlySessionError
+
+if TYPE_CHECKING:
+    from .backends.base import Record
+
+__all__ = ["Session"]
+
+
+class SessionHooks:
+    """What a session asks of the request that opened it: load, release now, upgrade to a lock."""
+
+    def load(self, session: Session) -> None:  # pragma: no cover - interface
+        """Fill ``session`` from the backend."""
+        raise NotImplementedError
+
+    def release(self, session: Session) -> None:  # pragma: no cover - interface
+        """Write ``session`` back now and release its lock."""
+        raise NotImplementedError
+
+    def upgrade(self, session: Session) -> None:  # pragma: no cover - interface
+        """Take the lock of a read-only ``session`` and re-read it under the lock."""
+        raise NotImplementedError
+
+    async def aupgrade(self, session: Session) -> None:
+        """The awaitable :meth:`upgrade`, for async endpoints."""
+        self.upgrade(session)
+
+
+class Session(dict[str, Any]):
+    """The session: a ``dict`` with an id, change tracking and a few server-side operations.
+
+    ``Session({"a": 1})`` builds a detached session (no backend), as Starlette's ``Session`` does.
+    In-place changes to nested values (``session["cart"].append(x)``) are not seen: reassign the key
+    or set ``session.modified = True``.
+    """
+
+    #: Starlette's flags: the session was read / changed during this request.
+    accessed: bool
+    modified: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accessed = False
+        self.modified = False
+        self._hooks: SessionHooks | None = None
+        self._lazy = False
+        self._id: str | None = None
+        #: The id whose record was loaded (and whose lock this request holds, if any).
+        self._stored_id: str | None = None
+        self._record: Record | None = None
+        self._token: str | None = None
+        self._read_only = False
+        self._declared_read_only = False
+        self._frozen_reason: str | None = None
+        self._released = False
+        self._invalidated = False
+        self._changed: set[str] = set()
+        self._user_id: str | int | None = None
+        self._user_bound = False
+        self._idle_override = False
+        self._idle_timeout: float | None = None
+        #: Set by the core when the stored session had timed out and was replaced by a new one.
+        self.timed_out = False
+        self._new_id_factory: Callable[[], str] | None = None
+
+    # -- lazy loading ---------------------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        if self._lazy:
+            self._lazy = False
+            assert self._hooks is not None
+            self._hooks.load(self)
+
+    def _guard(self, key: Any = None) -> None:
+        if self._lazy:
+            self._ensure()
+        if self._frozen_reason is not None:
+            raise ReadOnlySessionError(self._frozen_reason, key=None if key is None else str(key))
+        self.accessed = True
+        self.modified = True
+        if key is not None:
+            self._changed.add(str(key))
+
+    def mark_accessed(self) -> None:
+        """Note that the app read the session (Starlette calls this from ``request.session``)."""
+        self.accessed = True
+
+    def mark_modified(self) -> None:
+        """Note a change the session cannot see, such as an in-place edit of a nested value."""
+        self._guard()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        if self._lazy:
+            self._ensure()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if self._lazy:
+            self._ensure()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        if self._lazy:
+            self._ensure()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        if self._lazy:
+            self._ensure()
+        return super().__len__()
+
+    def __eq__(self, other: object) -> bool:
+        if self._lazy:
+            self._ensure()
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._lazy:
+            return f"<{type(self).__name__} (not loaded)>"
+        return f"{type(self).__name__}({super().__repr__()})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key``, or ``default``."""
+        if self._lazy:
+            self._ensure()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        """Return the keys (loading the session first)."""
+        if self._lazy:
+            self._ensure()
+        return super().keys()
+
+    def values(self) -> Any:
+        """Return the values (loading the session first)."""
+        if self._lazy:
+            self._ensure()
+        return super().values()
+
+    def items(self) -> Any:
+        """Return the items (loading the session first)."""
+        if self._lazy:
+            self._ensure()
+        return super().items()
+
+    def copy(self) -> dict[str, Any]:
+        """Return a plain ``dict`` copy of the data."""
+        if self._lazy:
+            self._ensure()
+        return dict(super().items())
+
+    def __or__(self, other: Any) -> dict[str, Any]:
+        return self.copy() | other
+
+    def __ror__(self, other: Any) -> dict[str, Any]:
+        return dict(other) | self.copy()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._guard(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._guard(key)
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        """Remove every key; an emptied session is deleted and its cookie expired."""
+        if self._lazy:
+            self._ensure()
+        self._guard()
+        self._changed.update(super().keys())
+        super().clear()
+
+    def pop(self, key: str, *args: Any) -> Any:
+        """Remove ``key`` and return its value (or the default)."""
+        if self._lazy:
+            self._ensure()
+        if super().__contains__(key):
+            self._guard(key)
+        return super().pop(key, *args)
+
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the last inserted item."""
+        if self._lazy:
+            self._ensure()
+        if super().__len__():
+            self._guard()
+        item = super().popitem()
+        self._changed.add(item[0])
+        return item
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """Return ``self[key]``, storing ``default`` there first if it is missing."""
+        if self._lazy:
+            self._ensure()
+        if not super().__contains__(key):
+            self._guard(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Update from a mapping or pairs, as ``dict.update``."""
+        if self._lazy:
+            self._ensure()
+        incoming = dict(*args, **kwargs)
+        self._guard()
+        self._changed.update(incoming)
+        super().update(incoming)
+
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    # -- identity and server-side operations ----------------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        """The session id; a new session gets one when first asked or when it is saved."""
+        if self._lazy:
+            self._ensure()
+        if self._id is None and self._new_id_factory is not None:
+            self._id = self._new_id_factory()
+        return self._id
+
+    @property
+    def is_new(self) -> bool:
+        """True when no stored session was found for this request (or it was invalidated)."""
+        if self._lazy:
+            self._ensure()
+        return self._stored_id is None or self._invalidated
+
+    @property
+    def read_only(self) -> bool:
+        """True on a read-only route: the session is readable, and changing it raises."""
+        return self._read_only
+
+    @property
+    def released(self) -> bool:
+        """True once the session was written back and its lock released."""
+        return self._released
+
+    @property
+    def user_id(self) -> str | int | None:
+        """Whose session this is, as given to :meth:`bind_user`; ``None`` when anonymous."""
+        if self._lazy:
+            self._ensure()
+        return self._user_id
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """This session's idle timeout in seconds (``None``: it never times out while idle)."""
+        if self._lazy:
+            self._ensure()
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise ValueError(f"idle_timeout must be a number > 0 or None, not {value!r}")
+        self._guard()
+        self._idle_override = True
+        self._idle_timeout = None if value is None else float(value)
+
+    def regenerate(self) -> None:
+        """Give the session a new id, keeping its data; the old id is destroyed (call it at login)."""
+        self._guard()
+        if self._new_id_factory is not None:
+            self._id = self._new_id_factory()
+        else:
+            self._id = None
+
+    def invalidate(self) -> None:
+        """Destroy the session: its data, its id and its user; the response expires the cookie.
+
+        What the app stores afterwards goes into a brand new session.
+        """
+        self._guard()
+        self._changed.update(super().keys())
+        super().clear()
+        self._invalidated = True
+        self._user_id = None
+        self._user_bound = False
+        self._idle_override = False
+        self._id = None
+
+    def bind_user(self, user_id: str | int) -> None:
+        """Record whose session this is and regenerate the id (no session fixation)."""
+        if not isinstance(user_id, str | int) or isinstance(user_id, bool):
+            raise TypeError(f"user_id must be a str or int, not {type(user_id).__name__}")
+        self.regenerate()
+        self._user_id = user_id
+        self._user_bound = True
+
+    def release(self) -> None:
+        """Write the session back now and release its lock (PHP's ``session_write_close``).
+
+        Use it before a long or streaming response. Reading stays allowed; a later change raises
+        :class:`ReadOnlySessionError`.
+        """
+        if self._released:
+            return
+        if self._hooks is None:
+            self._released = True
+            self._frozen_reason = "the session was released; changes after release() are not saved"
+            return
+        self._hooks.release(self)
+
+    def upgrade(self) -> None:
+        """Turn a read-only session into a locked one, re-reading it under the lock.
+
+        The data read without the lock is discarded. Use it when a read-only route finds it must
+        write after all (Moodle's ``restart_with_write_lock``).
+        """
+        if not self._read_only:
+            return
+        if self._hooks is None:
+            raise ReadOnlySessionError("a detached session cannot take a lock")
+        self._hooks.upgrade(self)
+
+    async def aupgrade(self) -> None:
+        """The awaitable :meth:`upgrade`, for async endpoints under the ASGI middleware."""
+        if not self._read_only:
+            return
+        if self._hooks is None:
+            raise ReadOnlySessionError("a detached session cannot take a lock")
+        await self._hooks.aupgrade(self)
+
+    # -- used by the core -----------------------------------------------------------------------
+
+    def _fill(self, data: dict[str, Any]) -> None:
+        """Replace the contents without marking the session modified."""
+        super().clear()
+        super().update(data)
+
+    def _data(self) -> dict[str, Any]:
+        return dict(super().items())
+
+    def _is_empty(self) -> bool:
+        return not super().__len__()

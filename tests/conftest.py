@@ -1,0 +1,222 @@
+"""Shared fixtures: real servers for the backends, and one ``backend_url`` fixture over every backend.
+
+Servers:
+* Redis and memcached: a private ``redis-server`` / ``memcached`` process on a free loopback port,
+  started once per test session (so a test may kill and restart it), or the server named by
+  ``SESSIONMW_TEST_REDIS_URL`` / ``SESSIONMW_TEST_MEMCACHED_URL``.
+* PostgreSQL and MySQL/MariaDB: ``SESSIONMW_TEST_POSTGRES_URL`` / ``SESSIONMW_TEST_MYSQL_URL``.
+
+A missing server skips its tests with the reason, unless ``SESSIONMW_TEST_REQUIRE`` names it
+(comma-separated, or ``all``): then the test fails, so CI cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ALL_SERVICES = ("redis", "memcached", "postgresql", "mysql")
+
+
+def required(service: str) -> bool:
+    """Tell whether ``SESSIONMW_TEST_REQUIRE`` makes ``service`` mandatory."""
+    req = {s.strip().lower() for s in os.environ.get("SESSIONMW_TEST_REQUIRE", "").split(",") if s.strip()}
+    return "all" in req or service in req
+
+
+def missing(service: str, reason: str) -> None:
+    """Skip, or fail when the service is required."""
+    if required(service):
+        pytest.fail(f"{service} is required (SESSIONMW_TEST_REQUIRE) but {reason}", pytrace=False)
+    pytest.skip(f"{service}: {reason}")
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> bool:
+    """Wait until something listens on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class ServerProcess:
+    """A private server process on a loopback port, which tests may stop and start again."""
+
+    name: str
+    argv_for: Callable[[int], list[str]]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the server on its port and wait until it listens."""
+        self.proc = subprocess.Popen(
+            self.argv_for(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_port(self.port):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill the server."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ServerProcess | None]:
+    """A private redis-server, or None when none can be started."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    srv = ServerProcess(
+        "redis-server",
+        lambda port: [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        free_port(),
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[ServerProcess | None]:
+    """A private memcached, or None when none can be started."""
+    binary = shutil.which("memcached") or (
+        "/usr/bin/memcached" if os.path.exists("/usr/bin/memcached") else None
+    )
+    if binary is None:
+        yield None
+        return
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    srv = ServerProcess(
+        "memcached",
+        lambda port: [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *user],
+        free_port(),
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: ServerProcess | None) -> str:
+    """The URL of a Redis server for tests (a private one unless SESSIONMW_TEST_REDIS_URL is set)."""
+    url = os.environ.get("SESSIONMW_TEST_REDIS_URL")
+    if url:
+        return url
+    if redis_server is None:
+        missing("redis", "redis-server is not on PATH and SESSIONMW_TEST_REDIS_URL is not set")
+    assert redis_server is not None
+    return f"redis://127.0.0.1:{redis_server.port}/0"
+
+
+@pytest.fixture(scope="session")
+def memcached_url(memcached_server: ServerProcess | None) -> str:
+    """The URL of a memcached server for tests."""
+    url = os.environ.get("SESSIONMW_TEST_MEMCACHED_URL")
+    if url:
+        return url
+    if memcached_server is None:
+        missing(
+            "memcached",
+            "memcached is not installed (apt-get install memcached) and SESSIONMW_TEST_MEMCACHED_URL is not set",
+        )
+    assert memcached_server is not None
+    return f"memcached://127.0.0.1:{memcached_server.port}"
+
+
+def _sql_url(env: str, service: str) -> str:
+    url = os.environ.get(env)
+    if not url:
+        missing(service, f"{env} is not set")
+    assert url is not None
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL URL from SESSIONMW_TEST_POSTGRES_URL."""
+    return _sql_url("SESSIONMW_TEST_POSTGRES_URL", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """A MySQL/MariaDB URL from SESSIONMW_TEST_MYSQL_URL."""
+    return _sql_url("SESSIONMW_TEST_MYSQL_URL", "mysql")
+
+
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("file", id="file"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.service("postgresql")),
+    pytest.param("mysql", id="mysql", marks=pytest.mark.service("mysql")),
+    pytest.param("redis", id="redis", marks=pytest.mark.service("redis")),
+    pytest.param("memcached", id="memcached", marks=pytest.mark.service("memcached")),
+]
+
+
+@pytest.fixture(scope="session")
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory for the whole test session (file and SQLite backends)."""
+    d = Path(tempfile.mkdtemp(prefix="sessionmw-test-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def backend_url_for(kind: str, request: pytest.FixtureRequest, shared_tmp: Path) -> str:
+    """Return a backend URL of ``kind`` for one test."""
+    if kind == "memory":
+        return f"memory://test-{uuid.uuid4().hex[:8]}"
+    if kind == "file":
+        return f"file://{shared_tmp}/files"
+    if kind == "sqlite":
+        return f"sqlite:///{shared_tmp}/sessions.db"
+    fixture = {
+        "postgresql": "postgres_url",
+        "mysql": "mysql_url",
+        "redis": "redis_url",
+        "memcached": "memcached_url",
+    }[kind]
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str:
+    """A backend URL, once per backend kind; pair it with the ``key_prefix`` fixture."""
+    return backend_url_for(request.param, request, shared_tmp)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of its own for each test, so tests never see each other's sessions."""
+    return f"t{uuid.uuid4().hex[:10]}:"
