@@ -16,6 +16,7 @@ from .config import options_from_config as options_from_config
 from .errors import BackendUnavailable as BackendUnavailable
 from .errors import ConfigError as ConfigError
 from .errors import ReadOnlySessionError as ReadOnlySessionError
+from .errors import RecordTooLarge as RecordTooLarge
 from .errors import SerializationError as SerializationError
 from .errors import SessionError as SessionError
 from .errors import SessionLockTimeout as SessionLockTimeout
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "ReadOnlySessionError",
     "Record",
+    "RecordTooLarge",
     "SerializationError",
     "Session",
     "SessionError",

@@ -230,9 +230,7 @@ class SessionMiddleware:
     def _cookie_header(self, action: CookieAction) -> str:
         s = self.settings
         if action.kind == "set":
-            return format_set_cookie(
-                s.cookie_name, action.value, path=s.path, max_age=s.max_age, flags=s.cookie_flags
-            )
+            return format_set_cookie(s.cookie_name, action.value, path=s.path, max_age=s.max_age, flags=s.cookie_flags)
         return format_delete_cookie(s.cookie_name, path=s.path, flags=s.cookie_flags)
 
     async def _unavailable(self, exc: SessionUnavailable, kind: str, send: Send) -> None:

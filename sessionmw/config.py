@@ -83,9 +83,7 @@ class Settings:
         if self.max_age is not None and not isinstance(self.max_age, int):
             raise ConfigError(f"max_age must be an int or None, not {self.max_age!r}", option="max_age")
         if not isinstance(self.max_waiters, int) or self.max_waiters < 0:
-            raise ConfigError(
-                f"max_waiters must be an int >= 0, not {self.max_waiters!r}", option="max_waiters"
-            )
+            raise ConfigError(f"max_waiters must be an int >= 0, not {self.max_waiters!r}", option="max_waiters")
         if self.max_sessions_per_user is not None and (
             not isinstance(self.max_sessions_per_user, int) or self.max_sessions_per_user < 1
         ):
@@ -127,9 +125,7 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
 
 
 #: The keyword names the middlewares accept (besides ``app``).
-OPTION_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(Settings) if f.init and f.name not in ("httponly",)
-)
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.init and f.name not in ("httponly",))
 
 
 def closest_option(name: str, valid: Iterable[str] = OPTION_NAMES) -> str | None:
@@ -138,9 +134,7 @@ def closest_option(name: str, valid: Iterable[str] = OPTION_NAMES) -> str | None
     return found[0] if found else None
 
 
-def unknown_option_error(
-    name: str, valid: Iterable[str] = OPTION_NAMES, *, what: str = "option"
-) -> ConfigError:
+def unknown_option_error(name: str, valid: Iterable[str] = OPTION_NAMES, *, what: str = "option") -> ConfigError:
     """Return the error for an unknown option ``name``, naming the closest valid one."""
     hint = closest_option(name, valid)
     more = f"; did you mean {hint!r}?" if hint else ""

@@ -97,8 +97,7 @@ def check_cookie_name(name: str, *, secure: bool, path: str, domain: str | None)
         )
     if name.startswith("__Secure-") and not secure:
         raise ConfigError(
-            f"cookie name {name!r} starts with __Secure-, so browsers accept it only with Secure: "
-            "set https_only=True",
+            f"cookie name {name!r} starts with __Secure-, so browsers accept it only with Secure: set https_only=True",
             option="https_only",
         )
     if name.startswith("__Host-"):

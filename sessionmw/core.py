@@ -117,9 +117,7 @@ class SessionCore:
 
     # -- before the app runs ------------------------------------------------------------------
 
-    def sid_from_cookie(
-        self, cookie_header: str | None, max_age: float | None = None
-    ) -> tuple[str, float] | None:
+    def sid_from_cookie(self, cookie_header: str | None, max_age: float | None = None) -> tuple[str, float] | None:
         """Return ``(sid, signed_at)`` from a request's Cookie header when it carries a valid signed id.
 
         A missing, forged, garbled, oversized or expired cookie gives ``None``: no session, and no

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError (ValueError)      a bad option, found when the middleware is built
     ├── ReadOnlySessionError          a change to a session that may not be written
     ├── SerializationError (TypeError) a value the serializer cannot store
+    ├── RecordTooLarge                 a session larger than the backend can hold (memcached's item size)
     └── SessionUnavailable            the request cannot have its session now: answer 503
         ├── SessionLockTimeout        the lock was not obtained within ``lock_timeout``
         │   └── TooManyWaiters        more than ``max_waiters`` requests queue for one session
@@ -21,6 +22,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "ReadOnlySessionError",
+    "RecordTooLarge",
     "SerializationError",
     "SessionError",
     "SessionLockTimeout",
@@ -69,6 +71,21 @@ class SerializationError(SessionError, TypeError):
         super().__init__(message)
         #: The path of the offending value, such as ``cart[2].added``.
         self.key = key
+
+
+class RecordTooLarge(SessionError):
+    """A session is larger than the backend can store; raised instead of losing it silently.
+
+    :param size: the record's size in bytes.
+    :param limit: the largest size the backend accepts.
+    :param backend: the backend's address.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int, backend: str) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+        self.backend = backend
 
 
 class SessionUnavailable(SessionError):

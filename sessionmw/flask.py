@@ -188,9 +188,7 @@ class FlaskSession:
         opts = {k: v for k, v in options_from_config(config, strict=False).items() if k not in _FLASK_OWNED}
         secret = config.get("SECRET_KEY")
         if not secret:
-            raise ConfigError(
-                "SECRET_KEY must be set in app.config: it signs the session id", option="SECRET_KEY"
-            )
+            raise ConfigError("SECRET_KEY must be set in app.config: it signs the session id", option="SECRET_KEY")
         keys = [secret, *(config.get("SECRET_KEY_FALLBACKS") or [])]
         opts["secret_key"] = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
         settings = build_settings(max_age=None, **opts)

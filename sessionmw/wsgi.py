@@ -47,9 +47,7 @@ class WSGISessionMiddleware:
         self.settings = build_settings(secret_key=secret_key, **options)
         check_unsupported(self.settings)
         self.core = SessionCore(self.settings)
-        spec: str | Backend = (
-            self.settings.backend if self.settings.backend is not None else default_backend_url()
-        )
+        spec: str | Backend = self.settings.backend if self.settings.backend is not None else default_backend_url()
         self.backend = open_backend(spec, key_prefix=self.settings.key_prefix)
         self.driver = SyncDriver(self.backend, self.settings.lock_expire)
         self.error_response: ErrorResponse = error_response or unavailable_body
@@ -66,18 +64,14 @@ class WSGISessionMiddleware:
 
         read_only = core.path_matches(path, settings.read_only_paths)
         enforced = read_only and not settings.read_only_debug
-        req = RequestInfo(
-            path=path, client_ip=environ.get("REMOTE_ADDR"), user_agent=environ.get("HTTP_USER_AGENT")
-        )
+        req = RequestInfo(path=path, client_ip=environ.get("REMOTE_ADDR"), user_agent=environ.get("HTTP_USER_AGENT"))
         found = core.sid_from_cookie(environ.get("HTTP_COOKIE"), settings.max_age)
         handle = SyncHandle(core, self.driver, found, req)
         session = handle.make_session()
         core.set_read_only(session, enforced, read_only and not enforced)
         environ[ENVIRON_KEY] = session
 
-        def session_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Any:
+        def session_start_response(status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None) -> Any:
             action = handle.finish(session)
             headers = list(headers)
             if session.accessed:
@@ -99,9 +93,7 @@ class WSGISessionMiddleware:
     def _cookie_header(self, action: CookieAction) -> str:
         s = self.settings
         if action.kind == "set":
-            return format_set_cookie(
-                s.cookie_name, action.value, path=s.path, max_age=s.max_age, flags=s.cookie_flags
-            )
+            return format_set_cookie(s.cookie_name, action.value, path=s.path, max_age=s.max_age, flags=s.cookie_flags)
         return format_delete_cookie(s.cookie_name, path=s.path, flags=s.cookie_flags)
 
     def _unavailable(self, exc: SessionUnavailable, start_response: StartResponse) -> list[bytes]:

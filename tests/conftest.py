@@ -71,9 +71,7 @@ class ServerProcess:
 
     def start(self) -> None:
         """Start (or restart) the server on its port and wait until it listens."""
-        self.proc = subprocess.Popen(
-            self.argv_for(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen(self.argv_for(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_port(self.port):
             self.stop()
             raise RuntimeError(f"{self.name} did not start on port {self.port}")
@@ -110,9 +108,7 @@ def redis_server() -> Iterator[ServerProcess | None]:
 @pytest.fixture(scope="session")
 def memcached_server() -> Iterator[ServerProcess | None]:
     """A private memcached, or None when none can be started."""
-    binary = shutil.which("memcached") or (
-        "/usr/bin/memcached" if os.path.exists("/usr/bin/memcached") else None
-    )
+    binary = shutil.which("memcached") or ("/usr/bin/memcached" if os.path.exists("/usr/bin/memcached") else None)
     if binary is None:
         yield None
         return

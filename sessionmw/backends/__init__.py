@@ -62,17 +62,11 @@ def _module_for(url: BackendURL) -> Any:
         modname, extra = "sessionmw.backends.sql", _SQL_EXTRA
     else:
         known = ", ".join(sorted(set(_SCHEMES) | {"sqlite", "postgresql+psycopg", "mysql+pymysql"}))
-        raise ConfigError(
-            f"unknown backend URL scheme {scheme!r} in {url.display!r}; known: {known}", option="backend"
-        )
+        raise ConfigError(f"unknown backend URL scheme {scheme!r} in {url.display!r}; known: {known}", option="backend")
     try:
         return importlib.import_module(modname)
     except ModuleNotFoundError as exc:
-        if (
-            extra is not None
-            and exc.name is not None
-            and exc.name.split(".")[0] == _CLIENTS.get(extra, extra)
-        ):
+        if extra is not None and exc.name is not None and exc.name.split(".")[0] == _CLIENTS.get(extra, extra):
             raise ConfigError(
                 f"the {scheme}:// backend needs {exc.name}: pip install 'sessionmw[{extra}]'",
                 option="backend",

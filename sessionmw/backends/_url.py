@@ -125,9 +125,7 @@ def parse_backend_url(url: str) -> BackendURL:
         try:
             hosts.append((host, int(port) if port else None))
         except ValueError:
-            raise ConfigError(
-                f"backend URL {url!r}: port {port!r} is not a number", option="backend"
-            ) from None
+            raise ConfigError(f"backend URL {url!r}: port {port!r} is not a number", option="backend") from None
     options: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         options[key] = value

@@ -64,9 +64,7 @@ class FileBackend:
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(
-                f"file backend: cannot create {self.dir}: {exc.strerror}", option="backend"
-            ) from exc
+            raise ConfigError(f"file backend: cannot create {self.dir}: {exc.strerror}", option="backend") from exc
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise ConfigError(f"file backend: {self.dir} is not writable", option="backend")
         # token -> open lock file descriptor (the flock lives as long as it stays open)
@@ -79,9 +77,7 @@ class FileBackend:
         return str(self.dir / (self.key_prefix + sid))
 
     def _fail(self, exc: OSError, what: str) -> BackendUnavailable:
-        return BackendUnavailable(
-            f"file backend {self.dir}: cannot {what}: {exc.strerror or exc}", backend=self.name
-        )
+        return BackendUnavailable(f"file backend {self.dir}: cannot {what}: {exc.strerror or exc}", backend=self.name)
 
     def _read_record(self, base: str) -> Record | None:
         try:
