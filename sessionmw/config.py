@@ -258,7 +258,7 @@ def options_from_config(
     pydantic ``BaseSettings``, Starlette's ``Config`` values): keys ``SECRET_KEY`` and
     ``SESSION_<OPTION>`` (``SESSION_BACKEND``, ``SESSION_IDLE_TIMEOUT``, ``SESSION_COOKIE_PREFIX``...),
     in upper or lower case. Environment variables ``SESSIONMW_<OPTION>`` fill what the config leaves
-    unset. String values are converted (``"3600"``, ``"true"``). The result is meant for
+    unset (other ``SESSIONMW_*`` variables are ignored). String values are converted (``"3600"``, ``"true"``). The result is meant for
     ``SessionMiddleware(app, **options)``.
 
     :param strict: raise :class:`ConfigError` for an unknown ``SESSION_*`` key, naming the closest
@@ -268,16 +268,16 @@ def options_from_config(
     if env:
         for key, value in os.environ.items():
             if key.startswith(env_prefix):
-                name = key[len(env_prefix) :].lower()
-                if name not in OPTION_NAMES:
-                    if strict:
-                        raise unknown_option_error(key, [env_prefix + n.upper() for n in OPTION_NAMES])
-                    continue
-                out[name] = _convert(name, value, key)
+                env_name = key[len(env_prefix) :].lower()
+                # Other SESSIONMW_* variables (the test suite's, the CLI's) are not options: skip them.
+                if env_name in OPTION_NAMES:
+                    out[env_name] = _convert(env_name, value, key)
     for key, value in _config_items(config):
         upper = key.upper()
-        name = _ALIASES.get(upper)
-        if name is None:
+        alias = _ALIASES.get(upper)
+        if alias is not None:
+            name = alias
+        else:
             if not upper.startswith(prefix):
                 continue
             name = upper[len(prefix) :].lower()

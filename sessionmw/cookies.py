@@ -59,7 +59,8 @@ class IdSigner:
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None
         try:
-            raw, when = self._signer.unsign(value, max_age=max_age, return_timestamp=True)
+            limit = None if max_age is None else int(max_age)
+            raw, when = self._signer.unsign(value, max_age=limit, return_timestamp=True)
         except (itsdangerous.BadData, UnicodeError, ValueError, TypeError):
             return None
         sid = raw.decode("ascii", "replace")

@@ -105,26 +105,31 @@ class Session(dict[str, Any]):
     # -- reads ----------------------------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().__contains__(key)
 
     def __iter__(self) -> Iterator[str]:
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().__iter__()
 
     def __len__(self) -> int:
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().__len__()
 
     def __eq__(self, other: object) -> bool:
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().__eq__(other)
@@ -132,7 +137,7 @@ class Session(dict[str, Any]):
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __repr__(self) -> str:
         if self._lazy:
@@ -141,39 +146,48 @@ class Session(dict[str, Any]):
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value of ``key``, or ``default``."""
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().get(key, default)
 
     def keys(self) -> Any:
         """Return the keys (loading the session first)."""
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().keys()
 
     def values(self) -> Any:
         """Return the values (loading the session first)."""
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().values()
 
     def items(self) -> Any:
         """Return the items (loading the session first)."""
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return super().items()
 
     def copy(self) -> dict[str, Any]:
         """Return a plain ``dict`` copy of the data."""
+        self.accessed = True
         if self._lazy:
             self._ensure()
         return dict(super().items())
 
-    def __or__(self, other: Any) -> dict[str, Any]:
-        return self.copy() | other
+    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        merged = self.copy()
+        merged.update(other)
+        return merged
 
-    def __ror__(self, other: Any) -> dict[str, Any]:
-        return dict(other) | self.copy()
+    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        merged = dict(other)
+        merged.update(self.copy())
+        return merged
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -228,7 +242,7 @@ class Session(dict[str, Any]):
         self._changed.update(incoming)
         super().update(incoming)
 
-    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override]
         self.update(other)
         return self
 
