@@ -258,8 +258,8 @@ def options_from_config(
     pydantic ``BaseSettings``, Starlette's ``Config`` values): keys ``SECRET_KEY`` and
     ``SESSION_<OPTION>`` (``SESSION_BACKEND``, ``SESSION_IDLE_TIMEOUT``, ``SESSION_COOKIE_PREFIX``...),
     in upper or lower case. Environment variables ``SESSIONMW_<OPTION>`` fill what the config leaves
-    unset (other ``SESSIONMW_*`` variables are ignored). String values are converted (``"3600"``, ``"true"``). The result is meant for
-    ``SessionMiddleware(app, **options)``.
+    unset (other ``SESSIONMW_*`` variables are ignored). String values are converted (``"3600"``,
+    ``"true"``). The result is meant for ``SessionMiddleware(app, **options)``.
 
     :param strict: raise :class:`ConfigError` for an unknown ``SESSION_*`` key, naming the closest
         option; with ``False`` unknown keys are skipped (Flask, where other extensions share the prefix).
