@@ -83,7 +83,7 @@ class SyncHandle(SessionHooks):
 
     def abort(self, session: Session) -> None:
         """Release the lock without writing, if the session was not finished."""
-        if not self.finished:
+        if not self.finished and not session._lazy:
             self.finished = True
             self.driver.run(self.core.abort(session))
 

@@ -130,8 +130,9 @@ OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.init
 
 def closest_option(name: str, valid: Iterable[str] = OPTION_NAMES) -> str | None:
     """Return the valid option name closest to a misspelt ``name``, if any is close."""
-    found = difflib.get_close_matches(name.lower(), list(valid), n=1, cutoff=0.6)
-    return found[0] if found else None
+    by_lower = {v.lower(): v for v in valid}
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
 
 
 def unknown_option_error(name: str, valid: Iterable[str] = OPTION_NAMES, *, what: str = "option") -> ConfigError:

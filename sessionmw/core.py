@@ -356,8 +356,12 @@ class SessionCore:
                 yield Call("release", (stored, token, None))
 
     def abort(self, s: Session) -> Generator[Op, Any, None]:
-        """Release ``s``'s lock without writing anything: the app raised, or the response failed."""
-        if s._released:
+        """Release ``s``'s lock without writing anything: the app raised, or the response failed.
+
+        A session that was never loaded holds nothing and stays usable (Flask's test client opens a
+        session, tears its request down, and only then lets the test read and save it).
+        """
+        if s._released or s._lazy:
             return
         s._released = True
         s._frozen_reason = "the request failed; its session changes were not saved"

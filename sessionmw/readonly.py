@@ -62,17 +62,10 @@ def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> Any:
         if match != full:
             continue
         endpoint = child.get("endpoint")
-        if endpoint is not None:
-            return endpoint
-        sub_app = getattr(route, "app", None)
-        if sub_app is not None and type(sub_app).__name__ == "StaticFiles":
+        if type(endpoint).__name__ == "StaticFiles":
             return STATIC
-        sub_routes = getattr(route, "routes", None)
+        sub_routes = getattr(route, "routes", None)  # a Mount of a router or an app with routes
         if sub_routes:
-            found = _match(sub_routes, {**scope, **child}, full)
-            if found is not None:
-                return found
-        if sub_app is not None and hasattr(sub_app, "router"):
-            return find_starlette_endpoint(sub_app, {**scope, **child})
-        return None
+            return _match(sub_routes, {**scope, **child}, full)
+        return endpoint
     return None

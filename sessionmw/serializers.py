@@ -74,11 +74,16 @@ def _tag(value: Any, path: str) -> Any:
     )
 
 
-def _untag_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        k, v = next(iter(obj.items()))
+def _untag(value: Any) -> Any:
+    """Return ``value`` (parsed JSON) with every tagged form turned back into its type."""
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        k, v = next(iter(value.items()))
         if k == " t":
-            return tuple(v)
+            return tuple(_untag(x) for x in v)
         if k == " dt":
             return datetime.fromisoformat(v)
         if k == " d":
@@ -87,9 +92,9 @@ def _untag_hook(obj: dict[str, Any]) -> Any:
             return UUID(hex=v)
         if k == " b":
             return base64.b64decode(v)
-        if k == " di":
-            return v
-    return obj
+        if k == " di":  # a dict that looked like a tag: its own key is data, its value may hold tags
+            return {ik: _untag(iv) for ik, iv in v.items()}
+    return {k: _untag(v) for k, v in value.items()}
 
 
 class TaggedJSONSerializer:
@@ -102,10 +107,11 @@ class TaggedJSONSerializer:
 
     def loads(self, raw: bytes) -> dict[str, Any]:
         """Deserialize bytes made by :meth:`dumps`."""
-        data = json.loads(raw, object_hook=_untag_hook)
+        data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("session data is not a JSON object")
-        return data
+        result: dict[str, Any] = _untag(data)
+        return result
 
 
 class JSONSerializer:
