@@ -14,8 +14,8 @@ import pytest
 from sessionmw.backends.base import Record
 from sessionmw.backends.memory import MemoryBackend
 from sessionmw.config import build_settings
-from sessionmw.core import Call, CookieAction, Queue, RequestInfo, SessionCore, Sleep
 from sessionmw.cookies import find_cookie, new_session_id
+from sessionmw.core import Call, CookieAction, Queue, RequestInfo, SessionCore, Sleep
 from sessionmw.errors import ConfigError, SerializationError, SessionLockTimeout, TooManyWaiters
 from sessionmw.locking import delay_series, wait_delays
 from sessionmw.serializers import JSONSerializer, TaggedJSONSerializer
