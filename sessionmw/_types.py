@@ -1,18 +1,16 @@
-"""Type aliases for ASGI and WSGI, so the adapters need no framework for their signatures."""
+"""Type aliases for ASGI (Starlette's own, so ``Middleware(SessionMiddleware, ...)`` type-checks) and WSGI."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 WSGIEnviron = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+__all__ = ["ASGIApp", "ExcInfo", "Message", "Receive", "Scope", "Send", "StartResponse", "WSGIApp", "WSGIEnviron"]

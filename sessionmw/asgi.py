@@ -17,7 +17,7 @@ from ._drive import AsyncDriver
 from ._handle import AsyncHandle
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import AsyncBackend, Backend, open_async_backend
-from .config import build_settings, unknown_option_error
+from .config import OPTION_NAMES, build_settings, unknown_option_error
 from .cookies import format_delete_cookie, format_set_cookie
 from .core import CookieAction, RequestInfo, SessionCore
 from .errors import ConfigError, SessionUnavailable
@@ -53,6 +53,9 @@ def check_unsupported(settings: Any) -> None:
         )
 
 
+_KEYWORDS = (*OPTION_NAMES, "app", "error_response")
+
+
 class SessionMiddleware:
     """Server-side, locked sessions for Starlette and FastAPI apps.
 
@@ -64,6 +67,15 @@ class SessionMiddleware:
     :param error_response: builds the answer to a request whose session cannot be had (lock timeout,
         too many waiters, backend down): ``(status, headers, body)``; default a plain-text 503.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SessionMiddleware:
+        # Python would reject an unknown keyword with a bare TypeError before __init__ runs; answer it
+        # with a ConfigError naming the closest option instead. (A **kwargs on __init__ would do the
+        # same but break the typing of Starlette's Middleware(SessionMiddleware, ...).)
+        for name in kwargs:
+            if name not in _KEYWORDS:
+                raise unknown_option_error(name, _KEYWORDS)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -95,10 +107,7 @@ class SessionMiddleware:
         durable_backend: Any = None,
         durable_write_every: int = 1,
         error_response: ErrorResponse | None = None,
-        **unknown: Any,
     ) -> None:
-        for name in unknown:
-            raise unknown_option_error(name)
         self.app = app
         self.settings = build_settings(
             secret_key=secret_key,
