@@ -47,9 +47,9 @@ class SyncHandle(SessionHooks):
         s = self.core.new_session() if cls is Session else _new(self.core, cls)
         s._hooks = self
         if self.found is not None:
-            s._lazy = True
+            s._make_lazy()
         elif self.resolve_read_only is not None:
-            s._lazy = True  # only to learn the route's read-only status on first access
+            s._make_lazy()  # only to learn the route's read-only status on first access
         return s
 
     def load(self, session: Session) -> None:
@@ -83,7 +83,7 @@ class SyncHandle(SessionHooks):
 
     def abort(self, session: Session) -> None:
         """Release the lock without writing, if the session was not finished."""
-        if not self.finished and not session._lazy:
+        if not self.finished and not session._holds_nothing:
             self.finished = True
             self.driver.run(self.core.abort(session))
 
@@ -142,6 +142,7 @@ class AsyncHandle(SessionHooks):
                 mono=time.monotonic(),
                 signed_at=signed_at,
                 req=self.req,
+                decode_later=True,
             )
         )
 

@@ -169,7 +169,10 @@ class SessionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
+            if kind == "lifespan":
+                await self.app(scope, receive, self._closing_send(send))
+            else:
+                await self.app(scope, receive, send)
             return
         core = self.core
         settings = self.settings
@@ -235,6 +238,16 @@ class SessionMiddleware:
             raise
         else:
             await handle.finish(session)
+
+    def _closing_send(self, send: Send) -> Send:
+        """Wrap a lifespan ``send`` so the backend's connections close when the app shuts down."""
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return closing_send
 
     def _cookie_header(self, action: CookieAction) -> str:
         s = self.settings

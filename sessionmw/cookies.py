@@ -1,13 +1,14 @@
 """The session cookie: signing the id, finding it in a Cookie header, building Set-Cookie.
 
-Rules of this module: no I/O and no clock reads except through itsdangerous' timestamp (which the
-signature carries); this is the only place a cookie string is built.
+Rules of this module: no I/O; the only clock read is the age check of a cookie already verified
+(itsdangerous reads the clock for the others); this is the only place a cookie string is built.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Sequence
 
 import itsdangerous
@@ -16,6 +17,8 @@ from .errors import ConfigError
 
 __all__ = ["IdSigner", "find_cookie", "format_delete_cookie", "format_set_cookie", "new_session_id"]
 
+#: How many verified cookie values each signer remembers.
+VERIFIED_CACHE_SIZE = 10_000
 #: Signed values longer than this are refused before any HMAC is computed (a 10 KB cookie costs nothing).
 MAX_COOKIE_VALUE = 256
 _SID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -44,6 +47,10 @@ class IdSigner:
             raise ConfigError("secret_key must be a non-empty string or list of strings", option="secret_key")
         # itsdangerous signs with the *last* key of a list and verifies with all of them.
         self._signer = itsdangerous.TimestampSigner(list(reversed(secret_keys)), salt=salt)
+        # Cookie values already verified -> (sid, signed_at). A signed user sends the same value on
+        # every request, and itsdangerous derives its key and runs HMAC each time (about 10 µs);
+        # only values whose signature checked out are remembered, so forged ones gain nothing.
+        self._verified: dict[str, tuple[str, float]] = {}
 
     def sign(self, sid: str) -> str:
         """Return the cookie value for ``sid``."""
@@ -58,13 +65,27 @@ class IdSigner:
         """Return ``(sid, signed_at)`` from a cookie value, or ``None`` if it is not valid."""
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None
+        known = self._verified.get(value)
+        if known is not None:
+            if max_age is not None and time.time() - known[1] > int(max_age):
+                return None
+            return known
         try:
             limit = None if max_age is None else int(max_age)
             raw, when = self._signer.unsign(value, max_age=limit, return_timestamp=True)
         except (itsdangerous.BadData, UnicodeError, ValueError, TypeError):
             return None
         sid = raw.decode("ascii", "replace")
-        return (sid, when.timestamp()) if is_session_id(sid) else None
+        if not is_session_id(sid):
+            return None
+        found = (sid, when.timestamp())
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            try:
+                self._verified.pop(next(iter(self._verified)))  # forget the oldest
+            except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+                pass
+        self._verified[value] = found
+        return found
 
 
 def find_cookie(header: str | None, name: str) -> str | None:

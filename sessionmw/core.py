@@ -161,8 +161,12 @@ class SessionCore:
         mono: float,
         signed_at: float | None = None,
         req: RequestInfo = RequestInfo(),
+        decode_later: bool = False,
     ) -> Generator[Op, Any, None]:
         """Load ``sid`` into ``s`` (taking its lock when ``lock``), or leave ``s`` new.
+
+        With ``decode_later`` the data is deserialized on first access, so a route that never
+        touches its session does not pay for it.
 
         Raises :class:`SessionLockTimeout` (or :class:`TooManyWaiters`) when the lock is not had in
         time; nothing is held then.
@@ -222,15 +226,20 @@ class SessionCore:
                 yield Call("release", (sid, token, None))
             logger.debug("session timed out; a new one starts (%s)", req.path or "?")
             return
-        try:
-            data = self.serializer.loads(rec.data)
-        except Exception as exc:
-            # Keep the record for inspection (gc removes it); the request starts a new session.
-            logger.error("stored session data cannot be read (%s); starting a new session", exc)
-            if token is not None:
-                yield Call("release", (sid, token, None))
-            return
-        s._fill(data)
+        if decode_later:
+            s._pending = rec.data
+            s._decode = self._decode
+            s._make_lazy()
+        else:
+            try:
+                data = self.serializer.loads(rec.data)
+            except Exception as exc:
+                # Keep the record for inspection (gc removes it); the request starts a new session.
+                logger.error("stored session data cannot be read (%s); starting a new session", exc)
+                if token is not None:
+                    yield Call("release", (sid, token, None))
+                return
+            s._fill(data)
         s._id = s._stored_id = sid
         s._record = rec
         s._token = token
@@ -238,6 +247,14 @@ class SessionCore:
         s._user_bound = rec.user_id is not None
         s._idle_override = rec.idle_override
         s._idle_timeout = rec.idle_timeout if rec.idle_override else settings.idle_timeout
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        try:
+            return self.serializer.loads(raw)
+        except Exception as exc:
+            # The data is unreadable: the session goes on empty, and a write replaces the bad record.
+            logger.error("stored session data cannot be read (%s); the session starts empty", exc)
+            return {}
 
     def expired(self, rec: Record, now: float) -> bool:
         """Tell whether a stored session has passed its idle timeout or absolute lifetime."""
@@ -276,7 +293,7 @@ class SessionCore:
         if s._released:
             return None
         s._released = True
-        if s._lazy:  # never touched: nothing was loaded, nothing is held
+        if s._holds_nothing:  # never touched: nothing was loaded, nothing is held
             return None
         if not s._read_only:
             s._frozen_reason = "the session was already written back (release() or response start)"
@@ -297,8 +314,6 @@ class SessionCore:
                     req.path or "?",
                     sorted(s._changed) or ["(in-place change)"],
                 )
-            has_content = not s._is_empty() or s._user_bound or s._idle_override
-
             if stored is not None and not s._invalidated and s._id == stored:
                 assert s._record is not None
                 if not s.modified:
@@ -309,14 +324,15 @@ class SessionCore:
                     elif touch is not None:
                         yield Call("touch", (stored, touch))
                     return self._refresh(stored, s, now)
-                if not has_content:
+                if not self._has_content(s):
                     yield Call("delete", (stored,))
                     return CookieAction("delete")
                 rec, ttl = self._record(s, now, req)
                 if token is None:  # pragma: no cover - a stored, writable session always holds its lock
                     raise RuntimeError("sessionmw: writing a session whose lock is not held")
-                held_token, token = token, None
-                if not (yield Call("save", (stored, rec, held_token, ttl))):
+                saved = yield Call("save", (stored, rec, token, ttl))
+                token = None  # save released the lock (or found it lost); if it raised, finally releases
+                if not saved:
                     logger.error(
                         "the session lock expired and may have been taken by another request; "
                         "this request's changes to keys %s were dropped (raise lock_expire) on %s",
@@ -335,7 +351,7 @@ class SessionCore:
                     )
                     return None
             action: CookieAction | None = None
-            if has_content and s.modified:
+            if s.modified and self._has_content(s):
                 rec, ttl = self._record(s, now, req)
                 for _ in range(CREATE_ATTEMPTS):
                     sid = s.id
@@ -361,7 +377,7 @@ class SessionCore:
         A session that was never loaded holds nothing and stays usable (Flask's test client opens a
         session, tears its request down, and only then lets the test read and save it).
         """
-        if s._released or s._lazy:
+        if s._released or s._holds_nothing:
             return
         s._released = True
         s._frozen_reason = "the request failed; its session changes were not saved"
@@ -379,6 +395,10 @@ class SessionCore:
         s.modified = False
         self.set_read_only(s, False, False)
         return sid
+
+    def _has_content(self, s: Session) -> bool:
+        """Whether a session is worth keeping: data, a bound user, or a timeout of its own."""
+        return not s._is_empty() or s._user_bound or s._idle_override
 
     def _touch_due(self, rec: Record, now: float) -> bool:
         return now - rec.last_access >= self._touch_every

@@ -102,10 +102,12 @@ class FlaskSessionInterface(SessionInterface):
 
         agent = request.headers.get("User-Agent")
         req = RequestInfo(path=path, client_ip=request.remote_addr, user_agent=agent)
-        handle = SyncHandle(core, self.state.driver, found, req, resolve)
+        excluded = core.path_matches(path, settings.exclude_paths)
+        if excluded:
+            found = None
+        handle = SyncHandle(core, self.state.driver, found, req, None if excluded else resolve)
         session = handle.make_session(FlaskServerSession)
-        if core.path_matches(path, settings.exclude_paths):
-            session._lazy = False
+        if excluded:
             core.set_read_only(session, True, False)
             session._frozen_reason = "this path is in exclude_paths: it has no session"
         request.environ[_ENVIRON_KEY] = session

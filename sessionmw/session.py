@@ -19,6 +19,23 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 
+class _NotLoaded:
+    """The key a lazy session holds until it is loaded.
+
+    CPython's C code reads a dict's size directly in places (``json.dumps`` answers ``{}`` for an
+    empty dict without calling ``items()``); holding one private key until the real data is in makes
+    every such path take the slow road through the overridden methods, which load first.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+
+_NOT_LOADED = _NotLoaded()
+
+
 class SessionHooks:
     """What a session asks of the request that opened it: load, release now, upgrade to a lock."""
 
@@ -75,14 +92,33 @@ class Session(dict[str, Any]):
         #: Set by the core when the stored session had timed out and was replaced by a new one.
         self.timed_out = False
         self._new_id_factory: Callable[[], str] | None = None
+        #: Stored data not decoded yet (ASGI loads before the app runs but decodes on first access).
+        self._pending: bytes | None = None
+        self._decode: Callable[[bytes], dict[str, Any]] | None = None
 
     # -- lazy loading ---------------------------------------------------------------------------
+
+    def _make_lazy(self) -> None:
+        """Defer loading (or decoding) until the first read or write."""
+        self._lazy = True
+        dict.__setitem__(self, _NOT_LOADED, None)  # type: ignore[misc]
 
     def _ensure(self) -> None:
         if self._lazy:
             self._lazy = False
+            dict.pop(self, _NOT_LOADED, None)  # type: ignore[misc]
+            if self._pending is not None:
+                raw, self._pending = self._pending, None
+                assert self._decode is not None
+                super().update(self._decode(raw))
+                return
             assert self._hooks is not None
             self._hooks.load(self)
+
+    @property
+    def _holds_nothing(self) -> bool:
+        """True for a session never loaded from the backend: no lock, no record, nothing to write."""
+        return self._lazy and self._pending is None
 
     def _guard(self, key: Any = None) -> None:
         if self._lazy:
@@ -368,7 +404,11 @@ class Session(dict[str, Any]):
         super().update(data)
 
     def _data(self) -> dict[str, Any]:
+        if self._lazy:
+            self._ensure()
         return dict(super().items())
 
     def _is_empty(self) -> bool:
+        if self._lazy:
+            self._ensure()
         return not super().__len__()

@@ -387,3 +387,32 @@ def test_public_names_are_exported() -> None:
         assert hasattr(sessionmw, name), name
     public = {n for n in vars(sessionmw) if not n.startswith("_") and n[0].isupper()}
     assert public <= set(sessionmw.__all__) | {"TYPE_CHECKING"}
+
+
+def test_json_dumps_of_a_lazy_session_as_its_first_use() -> None:
+    """CPython's json reads an empty dict's size in C; a lazy session must still dump its data."""
+    import json
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["sessionmw.session"]
+        if environ["PATH_INFO"] == "/set":
+            session["a"] = [1, 2]
+        body = json.dumps(session).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    wsgi = WSGISessionMiddleware(app, secret_key="k", backend=mem())
+    with httpx2.Client(transport=httpx2.WSGITransport(app=wsgi), base_url="http://t") as c:
+        c.get("/set")
+        assert c.get("/dump").json() == {"a": [1, 2]}
+
+    async def dump(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(json.dumps(request.scope["session"]))
+
+    async def put(request: Any) -> PlainTextResponse:
+        request.session["a"] = (1, 2)
+        return PlainTextResponse("ok")
+
+    with TestClient(starlette([Route("/set", put), Route("/dump", dump)])) as c:
+        c.get("/set")
+        assert c.get("/dump").json() == {"a": [1, 2]}

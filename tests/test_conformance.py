@@ -154,7 +154,8 @@ def test_two_cookie_prefixes_on_one_host_stay_apart(backend_url: str, key_prefix
             ],
         )
 
-    app = Starlette(routes=[Mount("/a", mounted("a_")), Mount("/b", mounted("b_"))])
+    a, b = mounted("a_"), mounted("b_")
+    app = Starlette(routes=[Mount("/a", a), Mount("/b", b)])
     with TestClient(app) as c:
         assert c.get("/a/inc").json() == {"n": 1}
         assert c.get("/a/inc").json() == {"n": 2}
@@ -162,6 +163,13 @@ def test_two_cookie_prefixes_on_one_host_stay_apart(backend_url: str, key_prefix
         assert set(c.cookies.keys()) == {"a_session", "b_session"}
         assert c.get("/a/view").json()["session"] == {"n": 2}
         assert c.get("/b/view").json()["session"] == {"n": 1}
+        # Starlette sends no lifespan events into Mount()ed apps: close their backends by hand.
+        for sub in (a, b):
+            layer: Any = sub.middleware_stack
+            while not isinstance(layer, SessionMiddleware):
+                layer = layer.app
+            assert c.portal is not None
+            c.portal.call(layer.aclose)
 
 
 def test_two_key_prefixes_on_one_backend_stay_apart(backend_url: str, key_prefix: str) -> None:

@@ -1,0 +1,148 @@
+"""In-process cost per request of the session middleware, side by side in one run.
+
+Each request is one call of the ASGI app with a synthetic scope (no sockets, no HTTP client), so the
+figure is the middleware's own cost plus Starlette's routing. Every request carries an established
+session cookie, as a signed-in user's do. Printed: median microseconds per request over several
+repetitions, for a route that never touches the session, one that reads it, one that writes it.
+
+    python benchmarks/bench_middleware.py [--requests 2000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from sessionmw import SessionMiddleware
+
+
+async def untouched(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def reads(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(request.session.get("n", 0)))
+
+
+async def writes(request: Request) -> PlainTextResponse:
+    request.session["n"] = request.session.get("n", 0) + 1
+    return PlainTextResponse("ok")
+
+
+ROUTES = [Route("/untouched", untouched), Route("/read", reads), Route("/write", writes)]
+
+
+def build(kind: str, tmp: str) -> Starlette:
+    if kind == "no middleware":
+        return Starlette(routes=ROUTES)
+    if kind == "starlette cookie":
+        return Starlette(routes=ROUTES, middleware=[Middleware(StarletteSessionMiddleware, secret_key="k")])
+    backend = f"memory://bench-{uuid.uuid4().hex[:6]}" if kind == "sessionmw memory" else f"file://{tmp}"
+    return Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, secret_key="k", backend=backend)])
+
+
+async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | None]:
+    """Call ``app`` once; return the status and the Set-Cookie value, if any."""
+    headers = [(b"host", b"bench"), (b"user-agent", b"bench/1")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("bench", 80),
+    }
+    out: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+            for k, v in message.get("headers", []):
+                if k == b"set-cookie":
+                    out["cookie"] = v.split(b";", 1)[0]
+
+    await app(scope, receive, send)
+    return out["status"], out.get("cookie")
+
+
+async def measure(app: Any, path: str, cookie: bytes | None, n: int, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(n):
+            await call(app, path, cookie)
+        samples.append((time.perf_counter() - started) / n * 1e6)
+    return statistics.median(samples)
+
+
+async def run(n: int, repeat: int) -> list[tuple[str, dict[str, float]]]:
+    kinds = ["no middleware", "starlette cookie", "sessionmw memory", "sessionmw file"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            app = build(kind, tmp)
+            paths = ("/untouched",) if kind == "no middleware" else ("/untouched", "/read", "/write")
+            cookie = None
+            if kind != "no middleware":
+                status, cookie = await call(app, "/write", None)  # establish the session
+                assert status == 200 and cookie
+            for _ in range(50):  # warm up
+                await call(app, paths[-1], cookie)
+            row = {"/read": float("nan"), "/write": float("nan")}
+            for path in paths:
+                row[path] = await measure(app, path, cookie, n, repeat)
+            rows.append((kind, row))
+    return rows
+
+
+def table(rows: list[tuple[str, dict[str, float]]], fmt: Callable[[float], str]) -> str:
+    base = dict(rows)["no middleware"]
+    lines = [
+        "| middleware | never touches (µs) | reads (µs) | writes (µs) | never touches ÷ no middleware |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, row in rows:
+        ratio = row["/untouched"] / base["/untouched"]
+        lines.append(
+            f"| {kind} | {fmt(row['/untouched'])} | {fmt(row['/read'])} | {fmt(row['/write'])} | {ratio:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    rows = asyncio.run(run(args.requests, args.repeat))
+    print(f"Python {sys.version.split()[0]}, {args.requests} requests x {args.repeat} repetitions, median")
+    print(table(rows, lambda v: "n/a" if v != v else f"{v:.1f}"))
+
+
+if __name__ == "__main__":
+    main()

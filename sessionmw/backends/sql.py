@@ -1,0 +1,507 @@
+"""The SQL backend: sessions in one table of any database SQLAlchemy (Core) supports.
+
+URLs: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``postgresql+psycopg://user@host/db``,
+``mysql+pymysql://user@host/db`` (``postgresql://`` and ``mysql://``/``mariadb://`` without a driver mean
+psycopg 3 and PyMySQL, the drivers the ``[postgresql]`` and ``[mysql]`` extras install).
+
+Options in the query string: ``table`` (default ``sessmw_sessions``, so two sites can share a database),
+``connect_timeout`` (seconds, default 5), ``pool_size``, ``max_overflow``, ``pool_timeout``,
+``pool_recycle``, and per driver a fixed list of connection options forwarded to it (TLS and the like,
+see :data:`DRIVER_OPTIONS`).
+
+How it works, and why:
+
+* One row per session, modelled on Moodle's ``mdl_sessions``. The ``data`` column holds the whole
+  encoded :class:`~sessionmw.backends.base.Record` (so a typed user id survives); the metadata columns
+  next to it are for administration and gc, and the ones a touch changes (``last_access``,
+  ``last_ip``, ``expires``) are authoritative over the blob.
+* The lock lives in the row (``lock_token``, ``lock_until``) and is taken by one conditional
+  ``UPDATE ... WHERE sid = :sid AND (lock_token IS NULL OR lock_until < :now)`` whose matched-row count
+  says who won: portable to SQLite, PostgreSQL and MySQL/MariaDB (SQLAlchemy sets ``FOUND_ROWS`` for
+  MySQL). Where the database has ``UPDATE ... RETURNING`` the record comes back in the same statement;
+  elsewhere a ``SELECT`` follows in the same transaction.
+* Locking an id with no row does not create one: it answers ``(True, None)``, and releasing or saving
+  that token afterwards matches no row, which is harmless. No placeholder row is ever visible.
+* Times are wall-clock epoch seconds (``time.time()``), comparable across processes and hosts.
+* Every call is one short transaction (``engine.begin()``); nothing is held open between calls.
+* ``ttl_until`` is the TTL safety net: a row past it loads as missing and may be re-created.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection, Engine, RowMapping
+
+from ..errors import BackendUnavailable, ConfigError
+from ._url import BackendURL, positive_float, positive_int
+from .base import Record, Touch, decode_record, encode_record
+
+__all__ = ["DEFAULT_TABLE", "DRIVER_OPTIONS", "SQLBackend", "from_url", "make_table"]
+
+#: The table's name when the URL has no ``table`` option.
+DEFAULT_TABLE = "sessmw_sessions"
+
+#: Query-string options forwarded to the driver, per dialect family; any other option is an error.
+DRIVER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "postgresql": (
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "application_name",
+        "target_session_attrs",
+        "options",
+        "host",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+    ),
+    "mysql": (
+        "charset",
+        "ssl_ca",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_capath",
+        "ssl_cipher",
+        "ssl_check_hostname",
+        "unix_socket",
+        "read_timeout",
+        "write_timeout",
+    ),
+    "mariadb": (
+        "charset",
+        "ssl_ca",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_capath",
+        "ssl_cipher",
+        "ssl_check_hostname",
+        "unix_socket",
+        "read_timeout",
+        "write_timeout",
+    ),
+}
+
+# The driver to use when the URL names only the dialect: the one our extras install.
+_DEFAULT_DRIVER = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_EXTRA = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}\Z")
+_SID_LEN = 128
+_MAX_PREFIX = 64
+_PAGE = 500
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    return None if value is None else value[:size]
+
+
+def make_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    """Build the sessions table ``name`` in ``metadata`` (modelled on Moodle's ``mdl_sessions``)."""
+    # Session ids are case-sensitive: on MySQL/MariaDB compare them byte for byte.
+    sid_type = sa.String(_SID_LEN).with_variant(
+        mysql.VARCHAR(_SID_LEN, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+    return sa.Table(
+        name,
+        metadata,
+        # key prefix + session id
+        sa.Column("sid", sid_type, primary_key=True),
+        # str() of the user id (the typed id is in the encoded record)
+        sa.Column("user_id", sa.String(255), nullable=True, index=True),
+        sa.Column("state", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
+        sa.Column("created", sa.Double, nullable=False),
+        sa.Column("last_access", sa.Double, nullable=False),
+        sa.Column("first_ip", sa.String(45), nullable=True),
+        sa.Column("last_ip", sa.String(45), nullable=True),
+        sa.Column("user_agent", sa.String(512), nullable=True),
+        sa.Column("idle_override", sa.Boolean, nullable=False, default=False),
+        sa.Column("idle_timeout", sa.Double, nullable=True),
+        # the core's expiry, for gc
+        sa.Column("expires", sa.Double, nullable=True, index=True),
+        # the TTL safety net: a row past it loads as missing
+        sa.Column("ttl_until", sa.Double, nullable=True),
+        # the encoded Record (LargeBinary is only 64 KiB on MySQL)
+        sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=True),
+        sa.Column("lock_token", sa.String(64), nullable=True),
+        sa.Column("lock_until", sa.Double, nullable=True),
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
+    )
+
+
+class SQLBackend:
+    """Sessions in one SQL table through SQLAlchemy Core, locked by a conditional ``UPDATE``.
+
+    :param engine: the engine to use; :meth:`close` disposes it.
+    :param name: the URL for messages, without any password.
+    :param table: the table's name.
+    :param key_prefix: prepended to every session id, so two apps can share a table.
+    :param password: a password to scrub from error messages.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str,
+        table: str = DEFAULT_TABLE,
+        key_prefix: str = "sessmw:",
+        password: str | None = None,
+    ) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ConfigError(
+                f"SQL backend option table={table!r} must be a plain identifier of at most 48 letters, digits or _",
+                option="table",
+            )
+        if len(key_prefix) > _MAX_PREFIX:
+            raise ConfigError(
+                f"the SQL backend stores ids in {_SID_LEN} characters: key_prefix may have at most "
+                f"{_MAX_PREFIX}, not {len(key_prefix)}",
+                option="key_prefix",
+            )
+        self.name = name
+        self.key_prefix = key_prefix
+        self.engine = engine
+        # A backend dropped without close() still closes its pooled connections (drivers warn otherwise).
+        self._finalizer = weakref.finalize(self, engine.dispose)
+        self.metadata = sa.MetaData()
+        self.table = make_table(self.metadata, table)
+        self._password = password
+        self._ready = False
+        self._ready_mutex = threading.Lock()
+        t = self.table
+        self._record_cols = (t.c.data, t.c.last_access, t.c.last_ip, t.c.expires, t.c.ttl_until)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        cause: BaseException = exc
+        if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+            cause = exc.orig
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        if len(text) > 300:
+            text = text[:297] + "..."
+        return BackendUnavailable(f"SQL backend {self.name} is unavailable: {text}", backend=self.name)
+
+    def create_tables(self) -> None:
+        """Create the sessions table and its indexes if they do not exist (idempotent)."""
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    with conn.begin():
+                        self.metadata.create_all(conn, checkfirst=True)
+                except sa_exc.DBAPIError:
+                    if conn.invalidated:
+                        raise
+                    # Another process may have created it between our check and our CREATE: check again.
+                    with conn.begin():
+                        self.metadata.create_all(conn, checkfirst=True)
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        self._ready = True
+
+    def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        with self._ready_mutex:
+            if not self._ready:
+                self.create_tables()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One short transaction; connection failures become :class:`BackendUnavailable`."""
+        self._ensure_tables()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa_exc.IntegrityError:
+            raise
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            if isinstance(exc, sa_exc.ProgrammingError):
+                self._ready = False  # the table may have been dropped: check it again next time
+            raise self._unavailable(exc) from exc
+
+    def _key(self, sid: str) -> str:
+        return self.key_prefix + sid
+
+    def _live(self, now: float) -> sa.ColumnElement[bool]:
+        t = self.table
+        return sa.and_(t.c.data.is_not(None), sa.or_(t.c.ttl_until.is_(None), t.c.ttl_until > now))
+
+    def _holds(self, key: str, token: str, now: float) -> sa.ColumnElement[bool]:
+        t = self.table
+        return sa.and_(t.c.sid == key, t.c.lock_token == token, t.c.lock_until > now)
+
+    @staticmethod
+    def _to_record(row: RowMapping, now: float) -> Record | None:
+        blob = row["data"]
+        ttl_until = row["ttl_until"]
+        if blob is None or (ttl_until is not None and ttl_until <= now):
+            return None
+        try:
+            record = decode_record(bytes(blob))
+        except ValueError:
+            return None
+        return replace(record, last_access=row["last_access"], last_ip=row["last_ip"], expires=row["expires"])
+
+    @staticmethod
+    def _columns(record: Record, ttl: float | None, now: float) -> dict[str, Any]:
+        return {
+            "user_id": None if record.user_id is None else str(record.user_id)[:255],
+            "created": record.created,
+            "last_access": record.last_access,
+            "first_ip": _clip(record.first_ip, 45),
+            "last_ip": _clip(record.last_ip, 45),
+            "user_agent": _clip(record.user_agent, 512),
+            "idle_override": bool(record.idle_override),
+            "idle_timeout": record.idle_timeout,
+            "expires": record.expires,
+            "ttl_until": None if ttl is None else now + ttl,
+            "data": encode_record(record),
+        }
+
+    @staticmethod
+    def _touch_columns(touch: Touch, now: float) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "last_access": touch.last_access,
+            "expires": touch.expires,
+            "ttl_until": None if touch.ttl is None else now + touch.ttl,
+        }
+        if touch.last_ip is not None:
+            values["last_ip"] = _clip(touch.last_ip, 45)
+        return values
+
+    # -- primitives ----------------------------------------------------------------------------
+
+    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """Try once to lock ``sid`` (taking over an expired lock); when taken, return its record too."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        stmt = (
+            sa.update(t)
+            .where(t.c.sid == key, sa.or_(t.c.lock_token.is_(None), t.c.lock_until < now))
+            .values(lock_token=token, lock_until=now + expire)
+        )
+        with self._begin() as conn:
+            if self.engine.dialect.update_returning:
+                row = conn.execute(stmt.returning(*self._record_cols)).mappings().first()
+                if row is not None:
+                    return True, self._to_record(row, now)
+            elif conn.execute(stmt).rowcount == 1:
+                row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == key)).mappings().first()
+                return True, None if row is None else self._to_record(row, now)
+            # Not ours: either someone else holds it, or there is no row (nothing to lock, nothing to load).
+            exists = conn.execute(sa.select(t.c.sid).where(t.c.sid == key)).first()
+        return (exists is None), None
+
+    def load(self, sid: str) -> Record | None:
+        """Return the record of ``sid`` without locking, or ``None``."""
+        t = self.table
+        now = time.time()
+        with self._begin() as conn:
+            row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == self._key(sid))).mappings().first()
+        return None if row is None else self._to_record(row, now)
+
+    def create(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """Insert a new session if ``sid`` is unused (a row past its TTL counts as unused)."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        values = self._columns(record, ttl, now)
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.insert(t).values(sid=key, state=0, lock_token=None, lock_until=None, **values))
+            return True
+        except sa_exc.IntegrityError:
+            pass  # rolled back; the connection went back to the pool clean
+        # The id is taken, unless by a row past its TTL: take that one over.
+        dead = sa.or_(t.c.data.is_(None), sa.and_(t.c.ttl_until.is_not(None), t.c.ttl_until <= now))
+        with self._begin() as conn:
+            result = conn.execute(
+                sa.update(t).where(t.c.sid == key, dead).values(state=0, lock_token=None, lock_until=None, **values)
+            )
+            return result.rowcount == 1
+
+    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """Store ``record`` and release the lock in one ``UPDATE``, only if ``token`` still holds it."""
+        t = self.table
+        now = time.time()
+        values = self._columns(record, ttl, now)
+        stmt = sa.update(t).where(self._holds(self._key(sid), token, now))
+        with self._begin() as conn:
+            return conn.execute(stmt.values(lock_token=None, lock_until=None, **values)).rowcount == 1
+
+    def release(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        with self._begin() as conn:
+            if touch is not None:
+                alive = sa.or_(t.c.ttl_until.is_(None), t.c.ttl_until > now)
+                conn.execute(
+                    sa.update(t).where(self._holds(key, token, now), alive).values(**self._touch_columns(touch, now))
+                )
+            stmt = sa.update(t).where(self._holds(key, token, now)).values(lock_token=None, lock_until=None)
+            return conn.execute(stmt).rowcount == 1
+
+    def touch(self, sid: str, touch: Touch) -> None:
+        """Refresh last access of a live session without a lock and without rewriting its data."""
+        t = self.table
+        now = time.time()
+        stmt = sa.update(t).where(t.c.sid == self._key(sid), self._live(now)).values(**self._touch_columns(touch, now))
+        with self._begin() as conn:
+            conn.execute(stmt)
+
+    def extend(self, sid: str, token: str, expire: float) -> bool:
+        """Push the lock's expiry to ``expire`` seconds from now, if ``token`` still holds it."""
+        t = self.table
+        now = time.time()
+        stmt = sa.update(t).where(self._holds(self._key(sid), token, now)).values(lock_until=now + expire)
+        with self._begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def delete(self, sid: str) -> None:
+        """Delete the session's row; a lock held on it goes too, and its holder's save then fails."""
+        t = self.table
+        with self._begin() as conn:
+            conn.execute(sa.delete(t).where(t.c.sid == self._key(sid)))
+
+    def close(self) -> None:
+        """Close every pooled connection (the backend reconnects if it is used again)."""
+        self.engine.dispose()
+
+    # -- administration ------------------------------------------------------------------------
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under this key prefix, a page per transaction."""
+        t = self.table
+        n = len(self.key_prefix)
+        last: str | None = None
+        while True:
+            now = time.time()
+            query = sa.select(t.c.sid, *self._record_cols).where(
+                t.c.sid.startswith(self.key_prefix, autoescape=True), self._live(now)
+            )
+            if last is not None:
+                query = query.where(t.c.sid > last)
+            with self._begin() as conn:
+                rows = conn.execute(query.order_by(t.c.sid).limit(_PAGE)).mappings().all()
+            for row in rows:
+                key: str = row["sid"]
+                record = self._to_record(row, now)
+                # SQLite's LIKE ignores ASCII case: check the prefix here too
+                if record is not None and key.startswith(self.key_prefix):
+                    yield key[n:], record
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1]["sid"]
+
+
+# -- construction ------------------------------------------------------------------------------
+
+
+def _connect_args(dialect: str, driver: str, timeout: float) -> dict[str, Any]:
+    """Return the driver's own connect arguments for a connect timeout (and SQLite's threading)."""
+    if dialect == "sqlite":
+        return {"timeout": timeout, "check_same_thread": False}
+    if driver in ("psycopg", "psycopg2"):
+        return {"connect_timeout": max(1, math.ceil(timeout))}
+    if driver == "pg8000":
+        return {"timeout": timeout}
+    if driver in ("pymysql", "mysqldb", "mariadbconnector"):
+        return {"connect_timeout": max(1, math.ceil(timeout))}
+    return {}
+
+
+def _sqlite_pragmas(busy_ms: int) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cur.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cur.close()
+
+    return on_connect
+
+
+def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
+    """Build the backend for a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``, ...)."""
+    table = url.take("table", str, DEFAULT_TABLE)
+    timeout = url.take("connect_timeout", positive_float, 5.0)
+    pool: dict[str, Any] = {
+        "pool_size": url.take("pool_size", positive_int, None),
+        "max_overflow": url.take("max_overflow", int, None),
+        "pool_timeout": url.take("pool_timeout", positive_float, None),
+        "pool_recycle": url.take("pool_recycle", int, None),
+    }
+
+    scheme = url.scheme
+    family = scheme.split("+", 1)[0]
+    forwarded: dict[str, str] = {}
+    for option in DRIVER_OPTIONS.get(family, ()):
+        value = url.take(option, str, None)
+        if value is not None:
+            forwarded[option] = value
+
+    base = url.raw.split("?", 1)[0].split("#", 1)[0]
+    try:
+        sa_url: URL = sa.make_url(base)
+    except sa_exc.ArgumentError:
+        raise ConfigError(f"SQL backend URL {url.display!r} is not valid", option="backend") from None
+    if scheme in _DEFAULT_DRIVER:
+        sa_url = sa_url.set(drivername=_DEFAULT_DRIVER[scheme])
+    if forwarded:
+        sa_url = sa_url.update_query_dict(forwarded)
+
+    dialect, driver = sa_url.get_backend_name(), sa_url.get_driver_name()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, **{k: v for k, v in pool.items() if v is not None}}
+    if dialect == "sqlite":
+        if sa_url.database in (None, "", ":memory:") or "mode=memory" in (sa_url.database or ""):
+            raise ConfigError(
+                "an in-memory SQLite database is private to each connection; use memory:// or sqlite:///path.db",
+                option="backend",
+            )
+    try:
+        engine = sa.create_engine(sa_url, connect_args=_connect_args(dialect, driver, timeout), **kwargs)
+    except ImportError as exc:
+        extra = _EXTRA.get(family)
+        hint = f"pip install 'sessionmw[{extra}]'" if extra else f"install the DB-API driver for {scheme}://"
+        missing = getattr(exc, "name", None) or str(exc)
+        raise ConfigError(f"the {scheme}:// backend needs the {missing} driver: {hint}", option="backend") from exc
+    except sa_exc.NoSuchModuleError as exc:
+        raise ConfigError(f"SQLAlchemy has no dialect for {scheme}:// ({exc})", option="backend") from None
+    except (sa_exc.ArgumentError, TypeError) as exc:
+        text = str(exc).replace(url.password, "***") if url.password else str(exc)
+        raise ConfigError(f"SQL backend URL {url.display!r}: {text}", option="backend") from None
+    if dialect == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas(int(timeout * 1000)))
+    try:
+        return SQLBackend(engine, name=url.display, table=table, key_prefix=key_prefix, password=url.password)
+    except ConfigError:
+        engine.dispose()
+        raise

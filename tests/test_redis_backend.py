@@ -1,0 +1,562 @@
+"""Redis-specific tests: URL forms and options, key layout, round trips, outages, the eviction warning.
+
+The shared behaviour of every backend is in test_backend_conformance.py; this file checks what only
+Redis has. Tests marked ``service("redis")`` use the private redis-server of conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.connection import UnixDomainSocketConnection
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.sentinel import SentinelConnectionPool
+
+from sessionmw.backends import Record, Touch, open_async_backend, open_backend
+from sessionmw.backends import _redis_common as C
+from sessionmw.backends.redis import RedisBackend
+from sessionmw.backends.redis_async import AsyncRedisBackend
+from sessionmw.cookies import new_session_id
+from sessionmw.errors import BackendUnavailable, ConfigError
+from sessionmw.locking import new_lock_token
+
+from .conftest import ServerProcess, free_port
+
+redis_service = pytest.mark.service("redis")
+
+
+def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
+    now = time.time()
+    return Record(data=data, **{"created": now, "last_access": now, "first_ip": "127.0.0.1", **kw})
+
+
+def sync_backend(url: str, key_prefix: str = "p:") -> RedisBackend:
+    b = open_backend(url, key_prefix=key_prefix)
+    assert isinstance(b, RedisBackend)
+    return b
+
+
+@pytest.fixture
+def backend(redis_url: str, key_prefix: str) -> Iterator[RedisBackend]:
+    b = sync_backend(redis_url, key_prefix)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test server, for looking behind the backend's back."""
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+# -- URLs and options (no server) -----------------------------------------------------------------
+
+
+def test_password_is_hidden_and_db_comes_from_the_path() -> None:
+    b = sync_backend("redis://:hunter2@127.0.0.1:6390/3")
+    assert "hunter2" not in b.name and b.name == "redis://:***@127.0.0.1:6390/3"
+    kw = b.config.kwargs
+    assert (kw["host"], kw["port"], kw["db"], kw["password"]) == ("127.0.0.1", 6390, 3, "hunter2")
+    assert kw["socket_timeout"] == 2.0 and kw["socket_connect_timeout"] == 2.0
+    assert b.config.kind == "standalone" and b.config.retries == 0
+    b.close()
+
+
+def test_defaults_and_options() -> None:
+    b = sync_backend("redis://cache?connect_timeout=0.5&socket_timeout=1.5&max_connections=7&db=2")
+    kw = b.config.kwargs
+    assert (kw["host"], kw["port"], kw["db"]) == ("cache", 6379, 2)
+    assert (kw["socket_connect_timeout"], kw["socket_timeout"], kw["max_connections"]) == (0.5, 1.5, 7)
+    client = b.client()
+    assert isinstance(client, redis.Redis)
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 1.5
+    assert client.connection_pool.connection_kwargs["retry"].get_retries() == 0
+    b.close()
+
+
+def test_rediss_turns_tls_on() -> None:
+    b = sync_backend("rediss://u:pw@secure:6380/1?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem")
+    kw = b.config.kwargs
+    assert kw["ssl"] is True and kw["ssl_cert_reqs"] == "none" and kw["ssl_ca_certs"] == "/etc/ca.pem"
+    assert kw["username"] == "u" and b.name == "rediss://u:***@secure:6380/1"
+    b.close()
+
+
+@pytest.mark.parametrize("scheme", ["unix", "redis+unix"])
+def test_unix_socket(scheme: str) -> None:
+    b = sync_backend(f"{scheme}:///run/redis/redis.sock?db=5&socket_timeout=3")
+    assert b.config.kwargs["unix_socket_path"] == "/run/redis/redis.sock"
+    assert b.config.kwargs["db"] == 5
+    client = b.client()
+    assert isinstance(client, redis.Redis)
+    assert client.connection_pool.connection_class is UnixDomainSocketConnection
+    assert b.name == f"{scheme}:///run/redis/redis.sock"
+    b.close()
+
+
+def test_sentinel_url_builds_master_for_without_a_server() -> None:
+    url = "redis+sentinel://:pw@s1:26379,s2/mymaster/4?sentinel_password=spw&socket_timeout=1.5"
+    b = sync_backend(url)
+    assert b.name == "redis+sentinel://:***@s1:26379,s2/mymaster/4"
+    client = b.client()  # builds the clients; nothing is contacted yet
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert pool.connection_kwargs["db"] == 4
+    assert pool.connection_kwargs["password"] == "pw"
+    assert pool.connection_kwargs["socket_timeout"] == 1.5
+    sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(s["host"], s["port"]) for s in sentinels] == [("s1", 26379), ("s2", 26379)]
+    assert all(s["password"] == "spw" and s["socket_timeout"] == 1.5 for s in sentinels)
+    b.close()
+
+
+def test_sentinel_async_twin_builds_the_same() -> None:
+    async def scenario() -> None:
+        ab = open_async_backend("redis+sentinel://s1:26379/mymaster", key_prefix="p:")
+        assert isinstance(ab, AsyncRedisBackend)
+        client = ab.client()
+        assert isinstance(client, redis.asyncio.Redis)
+        pool: Any = client.connection_pool
+        assert pool.service_name == "mymaster" and pool.connection_kwargs["db"] == 0
+        await ab.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_sentinel_url_needs_a_service_name() -> None:
+    with pytest.raises(ConfigError, match="service name"):
+        open_backend("redis+sentinel://s1:26379", key_prefix="p:")
+
+
+def test_cluster_url_is_parsed_without_contacting_a_server() -> None:
+    b = sync_backend("redis+cluster://:pw@h1:7000,h2:7001,h3?max_connections=5")
+    assert b.config.kind == "cluster"
+    assert b.config.nodes == [("h1", 7000), ("h2", 7001), ("h3", 6379)]
+    assert b.config.kwargs["password"] == "pw" and b.config.kwargs["max_connections"] == 5
+    assert "db" not in b.config.kwargs and b.config.retries == 1
+    b.close()
+
+    async def scenario() -> None:
+        ab = open_async_backend("redis+cluster://h1:7000,h2:7001", key_prefix="p:")
+        assert isinstance(ab, AsyncRedisBackend)
+        client: Any = ab.client()  # redis.asyncio's cluster connects on its first command only
+        assert isinstance(client, redis.asyncio.RedisCluster)
+        assert sorted(client.nodes_manager.startup_nodes) == ["h1:7000", "h2:7001"]
+        await ab.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_cluster_rejects_a_database_and_a_braced_prefix() -> None:
+    with pytest.raises(ConfigError, match="database 0 only"):
+        open_backend("redis+cluster://h1:7000/2", key_prefix="p:")
+    with pytest.raises(ConfigError) as info:
+        open_backend("redis+cluster://h1:7000", key_prefix="app{x}:")
+    assert info.value.option == "key_prefix"
+
+
+def test_unknown_option_is_rejected_by_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_backend("redis://127.0.0.1:6379/0?socket_timout=1", key_prefix="p:")
+    assert info.value.option == "socket_timout"
+    assert "socket_timout" in str(info.value) and "did you mean 'socket_timeout'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        open_backend("redis://127.0.0.1:6379/0?sentinel_password=x", key_prefix="p:")
+    assert info.value.option == "sentinel_password"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis://h/0?socket_timeout=0", "socket_timeout"),
+        ("redis://h/0?max_connections=many", "max_connections"),
+        ("redis://h/x", "not a number"),
+        ("redis://h/1?db=1", "twice"),
+        ("redis://h1,h2/0", "several hosts"),
+        ("redis://h/0?ssl_ca_certs=/ca.pem", "needs TLS"),
+        ("rediss://h/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("unix://", "socket's path"),
+    ],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        open_backend(url, key_prefix="p:")
+
+
+def test_server_down_at_start_is_not_an_error_until_used() -> None:
+    port = free_port()
+    b = sync_backend(f"redis://:hunter2@127.0.0.1:{port}/0")
+    with pytest.raises(BackendUnavailable) as info:
+        b.load("x")
+    message = str(info.value)
+    assert message.startswith(f"redis backend redis://:***@127.0.0.1:{port}/0 is unavailable: ")
+    assert "Connection refused" in message and "hunter2" not in message and "\n" not in message
+    assert info.value.backend == b.name
+    b.close()
+
+
+def test_sync_cluster_unreachable_is_backend_unavailable() -> None:
+    b = sync_backend(f"redis+cluster://127.0.0.1:{free_port()}")
+    with pytest.raises(BackendUnavailable, match="redis backend redis\\+cluster://127.0.0.1"):
+        b.load("x")
+    b.close()
+
+
+# -- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_data_and_lock_share_a_cluster_slot() -> None:
+    for prefix in ("sessmw:", "", "a:b:", "x*y["):
+        keys = C.Keys(prefix)
+        for sid in (new_session_id(), "abc", "a}b"):
+            assert key_slot(keys.data(sid).encode()) == key_slot(keys.lock(sid).encode())
+    keys = C.Keys("sessmw:")
+    assert keys.data("abc") == "sessmw:{abc}" and keys.lock("abc") == "sessmw:{abc}:lock"
+    assert keys.sid_of(b"sessmw:{abc}") == "abc"
+
+
+def test_milliseconds_round_up_to_at_least_one() -> None:
+    assert C.ms(0) == 1 and C.ms(0.0001) == 1 and C.ms(1.0001) == 1001 and C.ms(30) == 30000
+
+
+def test_hash_encoding_round_trips_every_field() -> None:
+    r = rec(b"\x00\xffbin", user_id="42", last_ip="::1", user_agent="ua", idle_override=True, idle_timeout=9.5)
+    args = C.write_args(r, 10)
+    assert args[0] == "10000"
+    n = int(args[1])
+    fields: dict[bytes, bytes] = {}
+    for i in range(n):
+        k, v = args[2 + 2 * i], args[3 + 2 * i]
+        fields[str(k).encode()] = v if isinstance(v, bytes) else v.encode()
+    assert args[2 + 2 * n :] == ["x"]  # expires is None: deleted
+    assert C.record_from_hash(fields) == r
+    assert C.record_from_hash({}) is None
+
+
+def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base: C.RedisBase[Any] = C.RedisBase("redis://h/0", C.Keys("p:"), lambda: (None, []))
+    base.policy_result(None, RedisConnectionError("down"))
+    assert base.policy_pending
+    base.policy_result(None, ResponseError("unknown command 'CONFIG'"))
+    assert not base.policy_pending
+    assert not caplog.records
+
+
+# -- against the server --------------------------------------------------------------------------
+
+
+@redis_service
+def test_record_is_a_hash_and_touch_leaves_the_data_alone(backend: RedisBackend, raw: redis.Redis) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(b'{"v":1}', user_id=7), ttl=1.5)
+    key = backend._base.keys.data(sid)
+    assert raw.type(key) == b"hash"
+    assert raw.hget(key, "d") == b'{"v":1}' and raw.hget(key, "u") == b"7"
+    assert 1000 < raw.pttl(key) <= 1500
+    raw.hset(key, "d", b"marker")  # a touch that rewrote the data would undo this
+    backend.touch(sid, Touch(last_access=time.time() + 5, last_ip=None, expires=None, ttl=None))
+    assert raw.hget(key, "d") == b"marker" and raw.hget(key, "li") is None
+    assert raw.pttl(key) == -1, "ttl=None persists the key"
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 1.0)[0]
+    assert 0 < raw.pttl(backend._base.keys.lock(sid)) <= 1000
+    assert backend.save(sid, rec(b'{"v":2}', user_id=None), token, ttl=60)
+    assert raw.hget(key, "u") is None, "a None field is removed, not left stale"
+    assert not raw.exists(backend._base.keys.lock(sid))
+    backend.delete(sid)
+
+
+@redis_service
+def test_delete_leaves_the_lock_to_its_holder(backend: RedisBackend) -> None:
+    sid = new_session_id()
+    backend.create(sid, rec(), ttl=60)
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    backend.delete(sid)
+    assert not backend.lock_and_load(sid, new_lock_token(), 30)[0]
+    assert backend.release(sid, token, Touch(time.time(), None, None, 60))
+    assert backend.load(sid) is None, "a touch on release must not resurrect a deleted session"
+
+
+@redis_service
+def test_iter_records_lists_live_sessions_of_its_prefix_only(redis_url: str, key_prefix: str) -> None:
+    b = sync_backend(redis_url, key_prefix + "x*[")
+    other = sync_backend(redis_url, key_prefix + "x")
+    try:
+        sids = {new_session_id() for _ in range(3)}
+        for sid in sids:
+            assert b.create(sid, rec(), ttl=60)
+        other.create(new_session_id(), rec(), ttl=60)
+        locked = next(iter(sids))
+        token = new_lock_token()
+        assert b.lock_and_load(locked, token, 30)[0]
+        found = dict(b.iter_records())
+        assert set(found) == sids
+        assert all(r.data == b'{"a":1}' for r in found.values())
+        b.release(locked, token, None)
+    finally:
+        b.close()
+        other.close()
+
+
+class RoundTrips:
+    """Counts replies read by redis-py connections (one per round trip), sync and async."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        sync_read = redis.connection.AbstractConnection.read_response
+        async_read = redis.asyncio.connection.AbstractConnection.read_response
+
+        def read(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return sync_read(conn, *args, **kwargs)
+
+        async def aread(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await async_read(conn, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", read)
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "read_response", aread)
+
+
+def commandstats(raw: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in raw.info("commandstats").items()}
+
+
+def warm_up(b: RedisBackend) -> None:
+    """Load every script once (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA) and run the policy check."""
+    sid = new_session_id()
+    t = new_lock_token()
+    b.create(sid, rec(), 60)
+    b.lock_and_load(sid, t, 5)
+    b.extend(sid, t, 5)
+    b.save(sid, rec(), t, 60)
+    b.lock_and_load(sid, t, 5)
+    b.release(sid, t, None)
+    b.touch(sid, Touch(time.time(), None, None, 60))
+    b.delete(sid)
+
+
+@redis_service
+def test_every_primitive_is_one_round_trip(
+    backend: RedisBackend, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm_up(backend)
+    trips = RoundTrips(monkeypatch)
+    sid = new_session_id()
+    token = new_lock_token()
+    now = time.time()
+    calls: list[tuple[str, Callable[[], object], str]] = [
+        ("create", lambda: backend.create(sid, rec(), 60), "evalsha"),
+        ("lock_and_load", lambda: backend.lock_and_load(sid, token, 30), "evalsha"),
+        ("extend", lambda: backend.extend(sid, token, 30), "evalsha"),
+        ("save", lambda: backend.save(sid, rec(b"{}"), token, 60), "evalsha"),
+        ("lock_and_load again", lambda: backend.lock_and_load(sid, token, 30), "evalsha"),
+        ("release with touch", lambda: backend.release(sid, token, Touch(now, "::1", None, 60)), "evalsha"),
+        ("touch", lambda: backend.touch(sid, Touch(now, None, None, 60)), "evalsha"),
+        ("load", lambda: backend.load(sid), "hgetall"),
+        ("delete", lambda: backend.delete(sid), "del"),
+    ]
+    for what, call, command in calls:
+        before_stats = commandstats(raw)
+        before = trips.count
+        call()
+        assert trips.count - before == 1, f"{what} took {trips.count - before} round trips"
+        after_stats = commandstats(raw)
+        delta = {k: n - before_stats.get(k, 0) for k, n in after_stats.items() if n != before_stats.get(k, 0)}
+        delta.pop("info")
+        assert delta.get(command) == 1, f"{what}: {delta}"
+        assert "eval" not in delta and "script|load" not in delta, f"{what} fell back to EVAL: {delta}"
+        if command != "evalsha":
+            assert delta == {command: 1}, f"{what}: {delta}"
+
+
+@redis_service
+def test_async_primitives_are_one_round_trip_too(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        ab = open_async_backend(redis_url, key_prefix=key_prefix)
+        sid, token = new_session_id(), new_lock_token()
+        try:
+            await ab.acreate(sid, rec(), 60)  # loads the create script and checks the policy
+            await ab.alock_and_load(sid, token, 30)
+            await ab.asave(sid, rec(), token, 60)
+            await ab.alock_and_load(sid, token, 30)
+            await ab.arelease(sid, token, None)
+            trips = RoundTrips(monkeypatch)
+            for call in (
+                lambda: ab.alock_and_load(sid, token, 30),
+                lambda: ab.asave(sid, rec(), token, 60),
+                lambda: ab.alock_and_load(sid, token, 30),
+                lambda: ab.arelease(sid, token, None),
+                lambda: ab.aload(sid),
+                lambda: ab.adelete(sid),
+            ):
+                before = trips.count
+                await call()
+                assert trips.count - before == 1
+        finally:
+            await ab.aclose()
+
+    asyncio.run(scenario())
+
+
+@redis_service
+def test_server_killed_and_restarted(redis_server: ServerProcess | None, key_prefix: str) -> None:
+    if redis_server is None:
+        pytest.skip("needs the private redis-server of conftest")
+    url = f"redis://127.0.0.1:{redis_server.port}/0?socket_timeout=1&connect_timeout=1"
+    b = sync_backend(url, key_prefix)
+    sid, token = new_session_id(), new_lock_token()
+    touch = Touch(time.time(), None, None, 60)
+    primitives: list[tuple[str, Callable[[], object]]] = [
+        ("lock_and_load", lambda: b.lock_and_load(sid, token, 30)),
+        ("load", lambda: b.load(sid)),
+        ("create", lambda: b.create(sid, rec(), 60)),
+        ("save", lambda: b.save(sid, rec(), token, 60)),
+        ("release", lambda: b.release(sid, token, touch)),
+        ("touch", lambda: b.touch(sid, touch)),
+        ("extend", lambda: b.extend(sid, token, 30)),
+        ("delete", lambda: b.delete(sid)),
+        ("iter_records", lambda: list(b.iter_records())),
+    ]
+
+    async def async_calls(ab: AsyncRedisBackend) -> None:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: ab.alock_and_load(sid, token, 30),
+            lambda: ab.aload(sid),
+            lambda: ab.acreate(sid, rec(), 60),
+            lambda: ab.asave(sid, rec(), token, 60),
+            lambda: ab.arelease(sid, token, touch),
+            lambda: ab.atouch(sid, touch),
+            lambda: ab.aextend(sid, token, 30),
+            lambda: ab.adelete(sid),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="is unavailable"):
+                await call()
+            assert time.monotonic() - started < 0.5
+
+    async def async_scenario() -> None:
+        ab = open_async_backend(url, key_prefix=key_prefix)
+        assert isinstance(ab, AsyncRedisBackend)
+        try:
+            assert await ab.acreate(sid + "a", rec(), 60)  # a pooled connection, then the server dies
+            redis_server.stop()
+            await async_calls(ab)
+            redis_server.start()
+            assert (await ab.aload(sid + "a")) is None, "the server restarted empty"
+            assert await ab.acreate(sid + "a", rec(), 60)
+            await ab.adelete(sid + "a")
+        finally:
+            await ab.aclose()
+
+    try:
+        assert b.create(sid, rec(), 60)  # connected, pool warm, scripts loaded
+        redis_server.stop()
+        for what, call in primitives:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable) as info:
+                call()
+            elapsed = time.monotonic() - started
+            assert elapsed < 0.5, f"{what} took {elapsed:.2f}s to fail"
+            assert str(info.value).startswith(f"redis backend {b.name} is unavailable: "), what
+        redis_server.start()
+        # the same object works again: the pool reconnects and the scripts are loaded anew
+        assert b.load(sid) is None
+        assert b.create(sid, rec(b'{"back":1}'), 60)
+        assert b.lock_and_load(sid, token, 30)[0]
+        assert b.save(sid, rec(b'{"back":2}'), token, 60)
+        got = b.load(sid)
+        assert got is not None and got.data == b'{"back":2}'
+        asyncio.run(async_scenario())
+    finally:
+        if not redis_server.running:
+            redis_server.start()
+        b.close()
+
+
+@redis_service
+def test_socket_timeout_is_prompt(key_prefix: str) -> None:
+    # A server that accepts connections and never answers: the call fails after socket_timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        b = sync_backend(f"redis://127.0.0.1:{port}/0?socket_timeout=0.3&connect_timeout=0.3", key_prefix)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="is unavailable: Timeout"):
+            b.load("x")
+        assert time.monotonic() - started < 0.6 * 2
+        b.close()
+
+
+@pytest.mark.parametrize(("policy", "warns"), [("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)])
+@redis_service
+def test_maxmemory_policy_warning(
+    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture, policy: str, warns: bool
+) -> None:
+    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    raw.config_set("maxmemory-policy", policy)
+    caplog.set_level(logging.WARNING, logger="sessionmw")
+    b = sync_backend(redis_url, key_prefix)
+    try:
+        assert caplog.records == [], "no check before the first call"
+        b.load("x")
+        b.load("y")
+        warnings = [r for r in caplog.records if r.name == "sessionmw" and r.levelno == logging.WARNING]
+        if warns:
+            assert len(warnings) == 1, "warned once"
+            assert policy in warnings[0].getMessage() and b.name in warnings[0].getMessage()
+        else:
+            assert warnings == []
+    finally:
+        raw.config_set("maxmemory-policy", old)
+        b.close()
+
+
+@redis_service
+def test_async_maxmemory_policy_warning(
+    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    raw.config_set("maxmemory-policy", "volatile-lru")
+    caplog.set_level(logging.WARNING, logger="sessionmw")
+
+    async def scenario() -> None:
+        ab = open_async_backend(redis_url, key_prefix=key_prefix)
+        try:
+            await ab.aload("x")
+            await ab.aload("y")
+        finally:
+            await ab.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        raw.config_set("maxmemory-policy", old)
+    assert len([r for r in caplog.records if "volatile-lru" in r.getMessage()]) == 1
+
+
+def test_twins_have_the_same_primitives() -> None:
+    sync = {n for n in vars(RedisBackend) if not n.startswith("_")} - {"iter_records"}
+    async_ = {n[1:] if n.startswith("a") else n for n in vars(AsyncRedisBackend) if not n.startswith("_")}
+    assert sync == async_

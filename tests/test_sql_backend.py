@@ -1,0 +1,519 @@
+"""SQL backend specifics, on SQLite and (when their URLs are set) PostgreSQL and MySQL/MariaDB.
+
+Every test works in a table of its own (``?table=t_<random>``), dropped afterwards; no other table is
+touched.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from sessionmw.backends import Record, Touch, open_async_backend, open_backend
+from sessionmw.backends.sql import SQLBackend
+from sessionmw.cookies import new_session_id
+from sessionmw.errors import BackendUnavailable, ConfigError
+from sessionmw.locking import new_lock_token
+
+DBS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.service("postgresql")),
+    pytest.param("mysql", id="mysql", marks=pytest.mark.service("mysql")),
+]
+
+
+def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
+    now = time.time()
+    base: dict[str, Any] = {"created": now, "last_access": now, "first_ip": "127.0.0.1", "last_ip": "127.0.0.1"}
+    base.update(kw)
+    return Record(data=data, **base)
+
+
+def with_option(url: str, option: str) -> str:
+    return url + ("&" if "?" in url else "?") + option
+
+
+def sql(backend: Any) -> SQLBackend:
+    assert isinstance(backend, SQLBackend)
+    return backend
+
+
+@pytest.fixture(params=DBS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL without a table option: SQLite in tmp_path, or the env servers."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.db"
+    fixture = {"postgresql": "postgres_url", "mysql": "mysql_url"}[request.param]
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def tables(db_url: str) -> Iterator[Callable[[], str]]:
+    """Hand out fresh table names; drop exactly those tables afterwards."""
+    made: list[str] = []
+
+    def new() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        made.append(name)
+        return name
+
+    yield new
+    if not made:
+        return
+    cleaner = sql(open_backend(db_url))
+    try:
+        with cleaner.engine.begin() as conn:
+            for name in made:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+    finally:
+        cleaner.close()
+
+
+@pytest.fixture
+def url(db_url: str, tables: Callable[[], str]) -> str:
+    """The database URL with a table of this test's own."""
+    return with_option(db_url, f"table={tables()}")
+
+
+@pytest.fixture
+def backend(url: str, key_prefix: str) -> Iterator[SQLBackend]:
+    b = sql(open_backend(url, key_prefix=key_prefix))
+    yield b
+    b.close()
+
+
+def test_table_option_keeps_two_sites_apart(db_url: str, tables: Callable[[], str]) -> None:
+    a = sql(open_backend(with_option(db_url, f"table={tables()}"), key_prefix="site:"))
+    b = sql(open_backend(with_option(db_url, f"table={tables()}"), key_prefix="site:"))
+    try:
+        assert a.table.name != b.table.name
+        sid = new_session_id()
+        assert a.create(sid, rec(b'{"site":"a"}'), ttl=60)
+        assert b.load(sid) is None
+        assert b.create(sid, rec(b'{"site":"b"}'), ttl=60)
+        ta, tb = new_lock_token(), new_lock_token()
+        assert a.lock_and_load(sid, ta, 30)[0]
+        assert b.lock_and_load(sid, tb, 30)[0], "locks in two tables must not collide"
+        assert a.save(sid, rec(b'{"site":"a2"}'), ta, ttl=60)
+        assert b.release(sid, tb, None)
+        ga, gb = a.load(sid), b.load(sid)
+        assert ga is not None and ga.data == b'{"site":"a2"}'
+        assert gb is not None and gb.data == b'{"site":"b"}'
+        assert [s for s, _ in a.iter_records()] == [sid]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_large_data_round_trips(backend: SQLBackend) -> None:
+    sid = new_session_id()
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    assert backend.create(sid, rec(big), ttl=60)
+    got = backend.load(sid)
+    assert got is not None and got.data == big
+    token = new_lock_token()
+    locked, got = backend.lock_and_load(sid, token, 30)
+    assert locked and got is not None and got.data == big
+    assert backend.save(sid, rec(big + b"!"), token, ttl=60)
+    got = backend.load(sid)
+    assert got is not None and got.data == big + b"!"
+
+
+def test_lock_of_a_crashed_holder_is_taken_over_after_it_expires(url: str, key_prefix: str) -> None:
+    sid = new_session_id()
+    crashed = sql(open_backend(url, key_prefix=key_prefix))
+    crashed.create(sid, rec(b'{"v":0}'), ttl=60)
+    dead = new_lock_token()
+    assert crashed.lock_and_load(sid, dead, 0.5)[0]
+    crashed.close()  # the process "dies": its token is never released
+
+    survivor = sql(open_backend(url, key_prefix=key_prefix))
+    try:
+        assert survivor.lock_and_load(sid, new_lock_token(), 30) == (False, None)
+        time.sleep(0.7)
+        token = new_lock_token()
+        locked, got = survivor.lock_and_load(sid, token, 30)
+        assert locked and got is not None and got.data == b'{"v":0}'
+        assert not survivor.save(sid, rec(b'{"v":"dead"}'), dead, ttl=60)
+        assert not survivor.extend(sid, dead, 30)
+        assert not survivor.release(sid, dead, None)
+        assert survivor.save(sid, rec(b'{"v":1}'), token, ttl=60)
+        got = survivor.load(sid)
+        assert got is not None and got.data == b'{"v":1}'
+    finally:
+        survivor.close()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["free", "expired"])
+def test_concurrent_lock_attempts_with_separate_engines_have_one_winner(url: str, key_prefix: str, stale: bool) -> None:
+    n = 10
+    sid = new_session_id()
+    setup = sql(open_backend(url, key_prefix=key_prefix))
+    setup.create_tables()
+    setup.create(sid, rec(), ttl=60)
+    if stale:  # every thread races to take over the same expired lock
+        assert setup.lock_and_load(sid, new_lock_token(), 0.2)[0]
+        time.sleep(0.4)
+    barrier = threading.Barrier(n)
+    wins: list[str] = []
+    errors: list[BaseException] = []
+
+    def contend() -> None:
+        b = sql(open_backend(url, key_prefix=key_prefix))
+        try:
+            b.load(new_session_id())  # connect and check the table before the race starts
+            token = new_lock_token()
+            barrier.wait()
+            if b.lock_and_load(sid, token, 30)[0]:
+                wins.append(token)
+            barrier.wait()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            b.close()
+
+    threads = [threading.Thread(target=contend) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert len(wins) == 1
+        assert setup.release(sid, wins[0], None)
+    finally:
+        setup.close()
+
+
+def test_lock_on_a_missing_id_creates_nothing(backend: SQLBackend) -> None:
+    sid = new_session_id()
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30) == (True, None)
+    assert not backend.save(sid, rec(), token, ttl=60), "nothing is locked, so nothing is written"
+    assert not backend.extend(sid, token, 30)
+    assert not backend.release(sid, token, Touch(time.time(), "10.0.0.1", None, 60))
+    assert backend.load(sid) is None
+    assert list(backend.iter_records()) == []
+    with backend.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(backend.table)).scalar_one() == 0
+    assert backend.create(sid, rec(b'{"new":1}'), ttl=60)
+    got = backend.load(sid)
+    assert got is not None and got.data == b'{"new":1}'
+
+
+def test_a_row_past_its_ttl_is_missing_and_can_be_created_again(backend: SQLBackend) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(b'{"v":"old"}'), ttl=0.3)
+    time.sleep(0.5)
+    assert backend.load(sid) is None
+    backend.touch(sid, Touch(time.time(), None, None, 60))
+    assert backend.load(sid) is None, "a touch must not bring a dead row back"
+    assert backend.create(sid, rec(b'{"v":"new"}'), ttl=60)
+    got = backend.load(sid)
+    assert got is not None and got.data == b'{"v":"new"}'
+
+
+def test_metadata_columns_and_typed_user_id(backend: SQLBackend) -> None:
+    sid = new_session_id()
+    ua = "Mozilla/5.0 " + "é" * 600
+    assert backend.create(sid, rec(user_id=42, user_agent=ua, idle_override=True, idle_timeout=90.5), ttl=60)
+    later = time.time() + 100
+    backend.touch(sid, Touch(later, "2001:db8::1", later + 90.5, 120))
+    got = backend.load(sid)
+    assert got is not None
+    assert got.user_id == 42 and got.user_agent == ua
+    assert got.idle_override is True and got.idle_timeout == 90.5
+    assert got.last_ip == "2001:db8::1" and got.expires == later + 90.5
+    assert abs(got.last_access - later) < 0.001, "epoch seconds keep their milliseconds"
+    t = backend.table
+    with backend.engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.sid == backend.key_prefix + sid)).mappings().one()
+    assert row["user_id"] == "42"
+    assert row["state"] == 0
+    assert row["user_agent"] == ua[:512]
+    assert row["last_ip"] == "2001:db8::1" and row["first_ip"] == "127.0.0.1"
+    assert row["lock_token"] is None
+
+
+def test_iter_records_escapes_the_prefix_and_skips_dead_rows(url: str) -> None:
+    mine = sql(open_backend(url, key_prefix="a_b%:"))
+    other = sql(open_backend(url, key_prefix="aXbY:"))
+    upper = sql(open_backend(url, key_prefix="A_B%:"))
+    try:
+        live, dead = new_session_id(), new_session_id()
+        assert mine.create(live, rec(b'{"m":1}'), ttl=60)
+        assert mine.create(dead, rec(), ttl=0.2)
+        assert other.create(new_session_id(), rec(), ttl=60)
+        assert upper.create(new_session_id(), rec(), ttl=60)
+        time.sleep(0.4)
+        got = list(mine.iter_records())
+        assert [(s, r.data) for s, r in got] == [(live, b'{"m":1}')]
+    finally:
+        mine.close()
+        other.close()
+        upper.close()
+
+
+def test_create_tables_is_idempotent(url: str, key_prefix: str) -> None:
+    b = sql(open_backend(url, key_prefix=key_prefix))
+    try:
+        b.create_tables()
+        b.create_tables()
+        sid = new_session_id()
+        assert b.create(sid, rec(), ttl=60)
+        b.create_tables()
+        assert b.load(sid) is not None, "create_tables must not empty the table"
+        insp = sa.inspect(b.engine)
+        indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes(b.table.name)}
+        assert ("expires",) in indexed and ("user_id",) in indexed
+    finally:
+        b.close()
+
+
+def test_concurrent_first_use_creates_the_table_once(url: str, key_prefix: str) -> None:
+    n = 6
+    backends = [sql(open_backend(url, key_prefix=key_prefix)) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def first_use(b: SQLBackend) -> None:
+        try:
+            barrier.wait()
+            b.create_tables()
+            assert b.create(new_session_id(), rec(), ttl=60)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use, args=(b,)) for b in backends]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert len(list(backends[0].iter_records())) == n
+    finally:
+        for b in backends:
+            b.close()
+
+
+def test_async_backend_is_the_threaded_wrapper(url: str, key_prefix: str) -> None:
+    ab = open_async_backend(url, key_prefix=key_prefix)
+    assert not isinstance(ab, SQLBackend)
+    assert isinstance(getattr(ab, "sync", None), SQLBackend)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_unknown_option_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tabel") as info:
+        open_backend(f"sqlite:///{tmp_path}/s.db?tabel=x")
+    assert info.value.option == "tabel"
+    assert "table" in str(info.value)
+
+
+def test_a_driver_option_of_another_database_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sslmode"):
+        open_backend(f"sqlite:///{tmp_path}/s.db?sslmode=require")
+
+
+@pytest.mark.parametrize("table", ["x;drop", "1abc", "a" * 49, ""])
+def test_bad_table_name_is_a_config_error(tmp_path: Path, table: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        open_backend(f"sqlite:///{tmp_path}/s.db?table={table}")
+    assert info.value.option == "table"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_bad_connect_timeout_is_a_config_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="connect_timeout"):
+        open_backend(f"sqlite:///{tmp_path}/s.db?connect_timeout={value}")
+
+
+@pytest.mark.parametrize("spec", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_refused(spec: str) -> None:
+    with pytest.raises(ConfigError, match="memory://"):
+        open_backend(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "module", "extra"),
+    [
+        ("postgresql+psycopg://u@127.0.0.1/db", "psycopg", "postgresql"),
+        ("postgresql://u@127.0.0.1/db", "psycopg", "postgresql"),
+        ("mysql+pymysql://u@127.0.0.1/db", "pymysql", "mysql"),
+        ("mariadb://u@127.0.0.1/db", "pymysql", "mysql"),
+    ],
+)
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch, spec: str, module: str, extra: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ConfigError, match=rf"pip install 'sessionmw\[{extra}\]'"):
+        open_backend(spec)
+
+
+def test_sqlite_uses_wal_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    b = sql(open_backend("sqlite:///rel.db?table=t_rel"))
+    try:
+        assert b.create(new_session_id(), rec(), ttl=60)
+        with b.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert (tmp_path / "rel.db").exists()
+    finally:
+        b.close()
+
+
+def test_driver_options_are_forwarded(postgres_url: str) -> None:
+    b = sql(open_backend(with_option(postgres_url, "application_name=sessmw-test&connect_timeout=3")))
+    try:
+        with b.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW application_name").scalar() == "sessmw-test"
+    finally:
+        b.close()
+
+
+# -- availability ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test?connect_timeout=2",
+        "mysql+pymysql://root:s3cret@127.0.0.1:1/test?connect_timeout=2",
+    ],
+    ids=["postgresql", "mysql"],
+)
+def test_unreachable_database_is_backend_unavailable(spec: str) -> None:
+    b = open_backend(spec)  # lazy: a down database is no error when the app starts
+    try:
+        assert "s3cret" not in b.name
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable) as info:
+            b.load(new_session_id())
+        assert time.monotonic() - started < 5
+        message = str(info.value)
+        assert "s3cret" not in message and "\n" not in message
+        assert "127.0.0.1:1" in message and info.value.backend == b.name
+        with pytest.raises(BackendUnavailable):
+            b.lock_and_load(new_session_id(), new_lock_token(), 30)
+    finally:
+        b.close()
+
+
+class _Proxy:
+    """A TCP forwarder on a loopback port, which a test can cut and restore like a flaky network."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._socks: list[socket.socket] = []
+        self._mutex = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._mutex:
+                self._socks += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pipe, args=(src, dst), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._mutex:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        threads, self._threads = self._threads, []
+        for t in threads:
+            t.join(5)
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_backend_recovers_when_the_database_comes_back(
+    request: pytest.FixtureRequest, kind: str, key_prefix: str
+) -> None:
+    real = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+    target = sa.make_url(real)
+    proxy = _Proxy(target.port or (5432 if kind == "postgresql" else 3306))
+    proxy.start()
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    via = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    b = sql(open_backend(with_option(via, f"table={table}&connect_timeout=2"), key_prefix=key_prefix))
+    try:
+        sid = new_session_id()
+        assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+        proxy.stop()
+        with pytest.raises(BackendUnavailable):
+            b.load(sid)
+        proxy.start()
+        got = b.load(sid)
+        assert got is not None and got.data == b'{"v":1}'
+    finally:
+        proxy.stop()
+        b.close()
+        cleaner = sql(open_backend(real))
+        try:
+            with cleaner.engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        finally:
+            cleaner.close()
