@@ -174,13 +174,18 @@ class AsyncDriver:
         self.expire = lock_expire
         self._waiters: dict[str, int] = {}
         self._events: dict[str, asyncio.Event] = {}
-        self._renewals: dict[str, asyncio.TimerHandle] = {}
+        # token -> (sid, monotonic time of acquisition or last extension). One timer per driver
+        # sweeps it, so holding a lock costs a dict entry, not a timer per request.
+        self._held: dict[str, tuple[str, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, flow: Generator[Any, Any, T]) -> T:
         """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
         result: Any = None
         error: BaseException | None = None
+        backend = self.backend
         while True:
             try:
                 op = flow.throw(error) if error is not None else flow.send(result)
@@ -189,16 +194,14 @@ class AsyncDriver:
             error = None
             try:
                 if type(op) is Call:
-                    result = await getattr(self.backend, "a" + op.method)(*op.args)
                     method = op.method
+                    result = await getattr(backend, "a" + method)(*op.args)
                     if method == "lock_and_load":
                         if result[0]:
-                            self._arm(op.args[0], op.args[1])
+                            self._hold(op.args[0], op.args[1])
                     elif method in _RELEASING:
                         if method != "delete":
-                            handle = self._renewals.pop(op.args[1], None)
-                            if handle is not None:
-                                handle.cancel()
+                            self._held.pop(op.args[1], None)
                         event = self._events.pop(op.args[0], None)
                         if event is not None:
                             event.set()
@@ -229,24 +232,38 @@ class AsyncDriver:
             self._waiters[op.sid] = n - 1
         return None
 
-    def _arm(self, sid: str, token: str) -> None:
+    def _hold(self, sid: str, token: str) -> None:
+        self._held[token] = (sid, time.monotonic())
         loop = asyncio.get_running_loop()
-        self._renewals[token] = loop.call_later(self.expire / 3, self._renew_soon, sid, token)
+        if self._timer is None or self._timer_loop is not loop:
+            self._arm(loop)
 
-    def _renew_soon(self, sid: str, token: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._renew(sid, token))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer_loop = loop
+        self._timer = loop.call_later(self.expire / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Extend every lock held for a quarter of ``lock_expire`` or more (so at most half is ever used)."""
+        self._timer = None
+        if not self._held:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        due = [(token, sid) for token, (sid, since) in self._held.items() if now - since >= self.expire / 4]
+        for token, sid in due:
+            task = loop.create_task(self._renew(sid, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._arm(loop)
 
     async def _renew(self, sid: str, token: str) -> None:
-        if token not in self._renewals:
-            return
         try:
             still = await self.backend.aextend(sid, token, self.expire)
         except Exception as exc:
             logger.warning("could not extend a session lock: %s", exc)
-            still = True
-        if still and token in self._renewals:
-            self._arm(sid, token)
-        elif not still:
-            self._renewals.pop(token, None)
+            return  # try again at the next sweep; the lock may still be ours
+        if token in self._held:
+            if still:
+                self._held[token] = (sid, time.monotonic())
+            else:
+                del self._held[token]

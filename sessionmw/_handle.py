@@ -128,7 +128,6 @@ class AsyncHandle(SessionHooks):
         self.action: CookieAction | None = None
         self.finished = False
         self._pending: asyncio.Task[Any] | None = None
-        self._loop = asyncio.get_running_loop()
 
     async def open(self, session: Session, found: tuple[str, float | None], lock: bool) -> None:
         """Load the session before the app runs."""
@@ -171,10 +170,12 @@ class AsyncHandle(SessionHooks):
             await self.driver.run(self.core.abort(session))
 
     def _in_loop(self) -> bool:
+        """Tell whether the caller runs on the request's event loop (not in a worker thread)."""
         try:
-            return asyncio.get_running_loop() is self._loop
+            asyncio.get_running_loop()
         except RuntimeError:
             return False
+        return True
 
     def release(self, session: Session) -> None:
         """``session.release()``: frozen at once; written and unlocked now (or, on the loop, at once after)."""
@@ -182,7 +183,7 @@ class AsyncHandle(SessionHooks):
             return
         if self._in_loop():
             session._frozen_reason = "the session was released; changes after release() are not saved"
-            self._pending = self._loop.create_task(self._close(session))
+            self._pending = asyncio.get_running_loop().create_task(self._close(session))
         else:
             from anyio import from_thread
 

@@ -203,8 +203,11 @@ class SessionMiddleware:
             try:
                 await handle.open(session, found, lock=not enforced)
             except SessionUnavailable as exc:
-                await self._unavailable(exc, kind, send)
-                return
+                if kind == "websocket":
+                    await self._unavailable(exc, kind, send)
+                    return
+                # Answer 503 only if the app uses the session: a page that never touches it still works.
+                session._poison(exc)
         scope["session"] = session
 
         if kind == "websocket":

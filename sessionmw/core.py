@@ -31,8 +31,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Generator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .backends.base import Record, Touch
 from .config import Settings
@@ -52,16 +51,14 @@ TTL_MARGIN = 60.0
 CREATE_ATTEMPTS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """Call backend primitive ``method`` with ``args``; the driver sends back its result."""
 
     method: str
     args: tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
+class Sleep(NamedTuple):
     """Wait up to ``delay`` seconds for ``sid``'s lock (a local release wakes earlier).
 
     The driver sends back the monotonic time after the wait.
@@ -71,8 +68,7 @@ class Sleep:
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
-class Queue:
+class Queue(NamedTuple):
     """Join (``enter``) or leave the queue of waiters for ``sid`` in this process.
 
     On joining, the driver sends back whether the queue had room (fewer than ``limit`` waiters).
@@ -86,8 +82,7 @@ class Queue:
 Op = Call | Sleep | Queue
 
 
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
+class RequestInfo(NamedTuple):
     """What the core needs to know of the request: for metadata and log lines."""
 
     path: str = ""
@@ -95,8 +90,10 @@ class RequestInfo:
     user_agent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CookieAction:
+_NO_REQUEST = RequestInfo()
+
+
+class CookieAction(NamedTuple):
     """What the response must do with the session cookie: set ``value``, or expire it."""
 
     kind: Literal["set", "delete"]
@@ -160,7 +157,7 @@ class SessionCore:
         now: float,
         mono: float,
         signed_at: float | None = None,
-        req: RequestInfo = RequestInfo(),
+        req: RequestInfo = _NO_REQUEST,
         decode_later: bool = False,
     ) -> Generator[Op, Any, None]:
         """Load ``sid`` into ``s`` (taking its lock when ``lock``), or leave ``s`` new.
@@ -284,7 +281,7 @@ class SessionCore:
     # -- when the response starts -------------------------------------------------------------
 
     def close(
-        self, s: Session, *, now: float, mono: float, req: RequestInfo = RequestInfo()
+        self, s: Session, *, now: float, mono: float, req: RequestInfo = _NO_REQUEST
     ) -> Generator[Op, Any, CookieAction | None]:
         """Write ``s`` back and release its lock, as the module's case table says.
 

@@ -7,6 +7,8 @@ processes poll with a back-off that starts at a millisecond.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -17,9 +19,33 @@ BACKOFF = 1.5
 MAX_DELAY = 0.05
 
 
+class _Tokens:
+    """Lock tokens: a random 96-bit prefix per process, then a counter.
+
+    Each acquisition gets its own token (never host+pid, which threads and tasks share), and a new
+    prefix is drawn in every forked child, so workers forked from one parent never share tokens.
+    Drawing 128 random bits per request costs a system call; this costs a counter step.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(12)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):x}"
+
+
+_TOKENS = _Tokens()
+
+
 def new_lock_token() -> str:
-    """Return a fresh random token identifying one lock acquisition (never host+pid)."""
-    return secrets.token_hex(16)
+    """Return a token identifying one lock acquisition, unique across threads, tasks and processes."""
+    return _TOKENS.next()
 
 
 def wait_delays(started: float, timeout: float, now: float) -> float | None:

@@ -38,9 +38,24 @@ _PLAIN = (str, int, float, bool, type(None))
 _TAGS = (" t", " dt", " d", " u", " b", " di")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()
+
+
+def _tag_top(data: dict[str, Any]) -> Any:
+    """Tag a session dict; most sessions hold only scalars and pass through untouched."""
+    for k, v in data.items():
+        if type(v) not in _SCALARS or type(k) is not str:
+            return _tag(data, "")
+    if len(data) == 1 and next(iter(data)) in _TAGS:
+        return {" di": data}
+    return data
+
+
 def _tag(value: Any, path: str) -> Any:
     """Return ``value`` with every non-JSON type replaced by its tagged form."""
-    if isinstance(value, _PLAIN):
+    if type(value) in _SCALARS or isinstance(value, _PLAIN):
         return value
     if isinstance(value, dict):
         out = {}
@@ -102,16 +117,22 @@ class TaggedJSONSerializer:
 
     def dumps(self, data: Mapping[str, Any]) -> bytes:
         """Serialize ``data`` to compact UTF-8 JSON."""
-        tagged = _tag(dict(data), "")
-        return json.dumps(tagged, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        tagged = _tag_top(dict(data))
+        return _ENCODER.encode(tagged).encode("utf-8")
 
     def loads(self, raw: bytes) -> dict[str, Any]:
         """Deserialize bytes made by :meth:`dumps`."""
-        data = json.loads(raw)
+        data = _DECODER.decode(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("session data is not a JSON object")
-        result: dict[str, Any] = _untag(data)
-        return result
+        for v in data.values():
+            if type(v) is dict or type(v) is list:
+                result: dict[str, Any] = _untag(data)
+                return result
+        if len(data) == 1 and next(iter(data)) == " di":
+            inner: dict[str, Any] = _untag(data)
+            return inner
+        return data
 
 
 class JSONSerializer:
@@ -120,7 +141,7 @@ class JSONSerializer:
     def dumps(self, data: Mapping[str, Any]) -> bytes:
         """Serialize ``data`` to compact UTF-8 JSON."""
         try:
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            return _ENCODER.encode(data).encode("utf-8")
         except TypeError:
             _tag(dict(data), "")  # names the key at fault
             raise

@@ -64,37 +64,43 @@ class Session(dict[str, Any]):
     or set ``session.modified = True``.
     """
 
+    # Per-request state. Class-level defaults, so building a session (once per request) sets only
+    # what differs; instances shadow them on first assignment.
     #: Starlette's flags: the session was read / changed during this request.
-    accessed: bool
-    modified: bool
+    accessed: bool = False
+    modified: bool = False
+    #: Set by the core when the stored session had timed out and was replaced by a new one.
+    timed_out: bool = False
+    _hooks: SessionHooks | None = None
+    _lazy: bool = False
+    _id: str | None = None
+    #: The id whose record was loaded (and whose lock this request holds, if any).
+    _stored_id: str | None = None
+    _record: Record | None = None
+    _token: str | None = None
+    _read_only: bool = False
+    _declared_read_only: bool = False
+    _frozen_reason: str | None = None
+    _released: bool = False
+    _invalidated: bool = False
+    _changed_keys: set[str] | None = None
+    _user_id: str | int | None = None
+    _user_bound: bool = False
+    _idle_override: bool = False
+    _idle_timeout: float | None = None
+    _new_id_factory: Callable[[], str] | None = None
+    #: Stored data not decoded yet (ASGI loads before the app runs but decodes on first access).
+    _pending: bytes | None = None
+    _decode: Callable[[bytes], dict[str, Any]] | None = None
+    #: Why the session could not be loaded; raised at first use (ASGI loads before the app runs).
+    _error: BaseException | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.accessed = False
-        self.modified = False
-        self._hooks: SessionHooks | None = None
-        self._lazy = False
-        self._id: str | None = None
-        #: The id whose record was loaded (and whose lock this request holds, if any).
-        self._stored_id: str | None = None
-        self._record: Record | None = None
-        self._token: str | None = None
-        self._read_only = False
-        self._declared_read_only = False
-        self._frozen_reason: str | None = None
-        self._released = False
-        self._invalidated = False
-        self._changed: set[str] = set()
-        self._user_id: str | int | None = None
-        self._user_bound = False
-        self._idle_override = False
-        self._idle_timeout: float | None = None
-        #: Set by the core when the stored session had timed out and was replaced by a new one.
-        self.timed_out = False
-        self._new_id_factory: Callable[[], str] | None = None
-        #: Stored data not decoded yet (ASGI loads before the app runs but decodes on first access).
-        self._pending: bytes | None = None
-        self._decode: Callable[[bytes], dict[str, Any]] | None = None
+    @property
+    def _changed(self) -> set[str]:
+        """The keys changed in this request (for read-only-debug and lost-write messages)."""
+        if self._changed_keys is None:
+            self._changed_keys = set()
+        return self._changed_keys
 
     # -- lazy loading ---------------------------------------------------------------------------
 
@@ -103,8 +109,15 @@ class Session(dict[str, Any]):
         self._lazy = True
         dict.__setitem__(self, _NOT_LOADED, None)  # type: ignore[misc]
 
+    def _poison(self, error: BaseException) -> None:
+        """Make every use of the session raise ``error``; a route that never uses it still runs."""
+        self._error = error
+        self._make_lazy()
+
     def _ensure(self) -> None:
         if self._lazy:
+            if self._error is not None:
+                raise self._error
             self._lazy = False
             dict.pop(self, _NOT_LOADED, None)  # type: ignore[misc]
             if self._pending is not None:
@@ -133,6 +146,8 @@ class Session(dict[str, Any]):
     def mark_accessed(self) -> None:
         """Note that the app read the session (Starlette calls this from ``request.session``)."""
         self.accessed = True
+        if self._error is not None:
+            raise self._error
 
     def mark_modified(self) -> None:
         """Note a change the session cannot see, such as an in-place edit of a nested value."""

@@ -36,7 +36,6 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -264,7 +263,7 @@ class SQLBackend:
             record = decode_record(bytes(blob))
         except ValueError:
             return None
-        return replace(record, last_access=row["last_access"], last_ip=row["last_ip"], expires=row["expires"])
+        return record._replace(last_access=row["last_access"], last_ip=row["last_ip"], expires=row["expires"])
 
     @staticmethod
     def _columns(record: Record, ttl: float | None, now: float) -> dict[str, Any]:
