@@ -155,6 +155,10 @@ class AsyncHandle(SessionHooks):
     async def _close(self, session: Session) -> CookieAction | None:
         if not self.finished:
             self.finished = True
+            if session._stored_id is None and not session.modified and not session._lazy:
+                # A new session nobody changed: nothing to write, nothing held (the common anonymous case).
+                session._released = True
+                return None
             self.action = await self.driver.run(
                 self.core.close(session, now=time.time(), mono=time.monotonic(), req=self.req)
             )

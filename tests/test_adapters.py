@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 
 import sessionmw
 from sessionmw import ConfigError, SessionMiddleware, WSGISessionMiddleware, options_from_config, read_only
+from sessionmw.backends.memory import MemoryBackend
 from sessionmw.flask import FlaskSession
 
 from .apps import make_flask_app
@@ -416,3 +417,38 @@ def test_json_dumps_of_a_lazy_session_as_its_first_use() -> None:
     with TestClient(starlette([Route("/set", put), Route("/dump", dump)])) as c:
         c.get("/set")
         assert c.get("/dump").json() == {"a": [1, 2]}
+
+
+class CountingBackend(MemoryBackend):
+    """The memory backend, counting the primitives called (to prove some requests make none)."""
+
+    calls = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("a") and name[1:] in ("lock_and_load", "load", "create", "save", "release", "touch"):
+            type(self).calls += 1
+        return super().__getattribute__(name)
+
+
+def test_unsigned_or_missing_cookies_cost_no_backend_call() -> None:
+    from sessionmw.cookies import IdSigner
+
+    backend = CountingBackend(uuid.uuid4().hex)
+    app = starlette([Route("/inc", inc), Route("/none", _none)], backend=backend)
+    forged = IdSigner(["not-the-key"]).sign("A" * 43)
+    with TestClient(app) as c:
+        for value in (None, "garbage", forged, "x" * 10_000):
+            if value is not None:
+                c.cookies.set("session", value, domain="testserver.local")
+            before = CountingBackend.calls
+            assert c.get("/none").status_code == 200
+            assert CountingBackend.calls == before, value
+        c.cookies.clear()
+        c.get("/inc")
+        before = CountingBackend.calls
+        c.get("/none")
+        assert CountingBackend.calls > before, "a signed cookie does load (the counter counts)"
+
+
+async def _none(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("none")

@@ -1,0 +1,242 @@
+"""Round trips and per-request cost on real servers, beside starsessions' Redis store.
+
+Starts a private redis-server and memcached on free loopback ports (or uses --redis-url /
+--memcached-url), drives ASGI apps in-process and prints:
+
+1. round trips per request, from the servers' own counters (Redis ``INFO commandstats``, memcached
+   ``stats``) before and after N requests, for a read-write request, a read-only request and a
+   request that never touches its session;
+2. the median cost per request (µs) of ours and of starsessions (``RedisStore``, which takes no lock:
+   one GET to load, one SET to save), for a read and for a read+write.
+
+    python benchmarks/bench_backends.py [--requests 2000] [--repeat 5]
+
+starsessions is installed for this benchmark only (``pip install starsessions``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from pymemcache.client.base import Client as MemcacheClient
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from sessionmw import SessionMiddleware, read_only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_server(argv_for: Any, name: str) -> Iterator[int | None]:
+    binary = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(argv_for(binary, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def rw(request: Request) -> PlainTextResponse:
+    request.session["n"] = request.session.get("n", 0) + 1
+    return PlainTextResponse("ok")
+
+
+@read_only
+async def ro(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(request.session.get("n", 0)))
+
+
+async def untouched(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def ours(url: str) -> Starlette:
+    return Starlette(
+        routes=[Route("/rw", rw), Route("/ro", ro), Route("/untouched", untouched)],
+        middleware=[Middleware(SessionMiddleware, secret_key="k", backend=url, key_prefix=f"b{uuid.uuid4().hex[:6]}:")],
+    )
+
+
+def theirs(url: str) -> Starlette:
+    from starsessions import SessionAutoloadMiddleware
+    from starsessions import SessionMiddleware as StarSessionMiddleware
+    from starsessions.stores.redis import RedisStore
+
+    async def star_ro(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(request.session.get("n", 0)))
+
+    return Starlette(
+        routes=[Route("/rw", rw), Route("/ro", star_ro)],
+        middleware=[
+            Middleware(StarSessionMiddleware, store=RedisStore(url), cookie_https_only=False, lifetime=3600),
+            Middleware(SessionAutoloadMiddleware),
+        ],
+    )
+
+
+async def call(app: Any, path: str, cookie: bytes | None) -> bytes | None:
+    headers = [(b"host", b"bench")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+        "client": ("127.0.0.1", 5000), "server": ("bench", 80), "app": app,
+    }  # fmt: skip
+    got: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message
+            for k, v in message.get("headers", []):
+                if k == b"set-cookie":
+                    got["cookie"] = v.split(b";", 1)[0]
+
+    await app(scope, receive, send)
+    return got.get("cookie")
+
+
+async def per_request(app: Any, path: str, cookie: bytes, n: int, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(n):
+            await call(app, path, cookie)
+        samples.append((time.perf_counter() - started) / n * 1e6)
+    return statistics.median(samples)
+
+
+def redis_commands(url: str) -> dict[str, int]:
+    info = redis.Redis.from_url(url).info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+def memcached_commands(port: int) -> dict[str, int]:
+    stats = MemcacheClient(("127.0.0.1", port)).stats()
+    keys = ("cmd_get", "cmd_set", "cmd_touch", "cmd_meta", "delete_hits", "delete_misses", "cas_hits", "cas_misses",
+            "cas_badval", "get_hits", "get_misses")  # fmt: skip
+    out = {}
+    for k in keys:
+        v = stats.get(k.encode(), stats.get(k))
+        if v is not None:
+            out[k] = int(v)
+    return out
+
+
+def delta(before: dict[str, int], after: dict[str, int], n: int, ignore: tuple[str, ...] = ()) -> str:
+    parts = []
+    for k in sorted(after):
+        d = after[k] - before.get(k, 0)
+        if d and k not in ignore:
+            parts.append(f"{k} {d / n:g}")
+    return ", ".join(parts) or "none"
+
+
+async def round_trips(app: Any, counter: Any, n: int, ignore: tuple[str, ...]) -> list[tuple[str, str]]:
+    cookie = await call(app, "/rw", None)
+    assert cookie
+    rows = []
+    for label, path, c in (
+        ("read-write (locked)", "/rw", cookie),
+        ("read-only", "/ro", cookie),
+        ("never touches, no cookie", "/untouched", None),
+    ):
+        before = counter()
+        for _ in range(n):
+            await call(app, path, c)
+        after = counter()
+        rows.append((label, delta(before, after, n, ignore)))
+    return rows
+
+
+async def main_async(n: int, repeat: int, redis_url: str, memcached_port: int | None) -> None:
+    print(f"Python {sys.version.split()[0]}; {n} requests per figure; cost = median of {repeat} repetitions\n")
+    app = ours(redis_url)
+    print("Round trips per request (server-side command counts / requests)\n")
+    print("| backend | request | commands per request |\n|---|---|---|")
+    # INFO itself is counted once per read: ignore it.
+    for label, text in await round_trips(app, lambda: redis_commands(redis_url), n, ("info",)):
+        print(f"| redis | {label} | {text} |")
+    if memcached_port is not None:
+        mapp = ours(f"memcached://127.0.0.1:{memcached_port}")
+        for label, text in await round_trips(mapp, lambda: memcached_commands(memcached_port), n, ()):
+            print(f"| memcached | {label} | {text} |")
+
+    print("\nCost per request on Redis (µs, in-process ASGI call, loopback server)\n")
+    print("| middleware | read | read + write |\n|---|---:|---:|")
+    for label, make in (
+        ("sessionmw (locked read+write, unlocked read-only)", ours),
+        ("starsessions RedisStore", theirs),
+    ):
+        app = make(redis_url)
+        cookie = await call(app, "/rw", None)
+        assert cookie
+        for _ in range(100):
+            await call(app, "/rw", cookie)
+        read = await per_request(app, "/ro", cookie, n, repeat)
+        write = await per_request(app, "/rw", cookie, n, repeat)
+        print(f"| {label} | {read:.1f} | {write:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--memcached-port", type=int, default=None)
+    args = parser.parse_args()
+    redis_argv = lambda b, p: [b, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]  # noqa: E731
+    mc_argv = lambda b, p: [
+        b,
+        "-l",
+        "127.0.0.1",
+        "-p",
+        str(p),
+        "-U",
+        "0",
+        *(["-u", "root"] if os.geteuid() == 0 else []),
+    ]  # noqa: E731
+    with private_server(redis_argv, "redis-server") as rport, private_server(mc_argv, "memcached") as mport:
+        url = args.redis_url or (f"redis://127.0.0.1:{rport}/0" if rport else None)
+        if url is None:
+            sys.exit("no redis-server on PATH: pass --redis-url")
+        asyncio.run(main_async(args.requests, args.repeat, url, args.memcached_port or mport))
+
+
+if __name__ == "__main__":
+    main()
