@@ -220,17 +220,14 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--memcached-port", type=int, default=None)
     args = parser.parse_args()
-    redis_argv = lambda b, p: [b, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]  # noqa: E731
-    mc_argv = lambda b, p: [
-        b,
-        "-l",
-        "127.0.0.1",
-        "-p",
-        str(p),
-        "-U",
-        "0",
-        *(["-u", "root"] if os.geteuid() == 0 else []),
-    ]  # noqa: E731
+
+    def redis_argv(binary: str, port: int) -> list[str]:
+        return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def mc_argv(binary: str, port: int) -> list[str]:
+        user = ["-u", "root"] if os.geteuid() == 0 else []
+        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", *user]
+
     with private_server(redis_argv, "redis-server") as rport, private_server(mc_argv, "memcached") as mport:
         url = args.redis_url or (f"redis://127.0.0.1:{rport}/0" if rport else None)
         if url is None:

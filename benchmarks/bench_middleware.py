@@ -2,9 +2,10 @@
 
 Each request is one call of the ASGI app with a synthetic scope (no sockets, no HTTP client), so the
 figure is the middleware's own cost plus Starlette's routing. Requests carry an established session
-cookie, as a returning user's do, except in the "no cookie" column. Printed: median microseconds per request over several
-repetitions, for a route that never touches the session (requested without a cookie, as an anonymous
-visitor's first request, and with one), one that reads it, one that writes it.
+cookie, as a returning user's do, except in the "no cookie" column. Printed: median microseconds
+per request over several repetitions, for a route that never touches the session (requested
+without a cookie, as an anonymous visitor's first request, and with one), one that reads it, one
+that writes it.
 
     python benchmarks/bench_middleware.py [--requests 2000] [--repeat 7]
 """
