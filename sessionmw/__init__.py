@@ -24,6 +24,7 @@ from .errors import SessionUnavailable as SessionUnavailable
 from .errors import TooManyWaiters as TooManyWaiters
 from .readonly import read_only as read_only
 from .session import Session as Session
+from .store import SessionStore as SessionStore
 from .wsgi import WSGISessionMiddleware as WSGISessionMiddleware
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "SessionError",
     "SessionInfo",
     "SessionLockTimeout",
+    "SessionStore",
     "SessionMiddleware",
     "SessionUnavailable",
     "TooManyWaiters",

@@ -331,8 +331,8 @@ class SessionCore:
                 token = None  # save released the lock (or found it lost); if it raised, finally releases
                 if not saved:
                     logger.error(
-                        "the session lock expired and may have been taken by another request; "
-                        "this request's changes to keys %s were dropped (raise lock_expire) on %s",
+                        "the session was ended, or its lock expired and may have been taken by another "
+                        "request, while this request ran; its changes to keys %s were dropped on %s",
                         sorted(s._changed),
                         req.path or "?",
                     )
@@ -359,6 +359,10 @@ class SessionCore:
                     s._id = new_session_id()
                 else:  # pragma: no cover - 256-bit ids do not collide
                     raise RuntimeError("sessionmw: could not reserve a new session id")
+                limit = self.settings.max_sessions_per_user
+                if limit is not None and s._bound_now and s._user_id is not None:
+                    others = yield Call("user_sessions", (s._user_id,))
+                    yield from self._end_oldest(others, keep={sid, stored}, room=limit - 1)
             elif stored is not None:
                 action = CookieAction("delete")
             if stored is not None:
@@ -392,6 +396,15 @@ class SessionCore:
         s.modified = False
         self.set_read_only(s, False, False)
         return sid
+
+    def _end_oldest(
+        self, sessions: list[tuple[str, Record]], *, keep: set[str | None], room: int
+    ) -> Generator[Op, Any, None]:
+        """End a user's oldest sessions until ``room`` others are left (Moodle's concurrent-login limit)."""
+        others = sorted((rec.created, sid) for sid, rec in sessions if sid not in keep)
+        for _, sid in others[: max(0, len(others) - room)]:
+            logger.info("max_sessions_per_user: ending a user's oldest session")
+            yield Call("delete", (sid,))
 
     def _has_content(self, s: Session) -> bool:
         """Whether a session is worth keeping: data, a bound user, or a timeout of its own."""

@@ -86,6 +86,8 @@ class Session(dict[str, Any]):
     _changed_keys: set[str] | None = None
     _user_id: str | int | None = None
     _user_bound: bool = False
+    #: bind_user() was called in this request (max_sessions_per_user is applied then).
+    _bound_now: bool = False
     _idle_override: bool = False
     _idle_timeout: float | None = None
     _new_id_factory: Callable[[], str] | None = None
@@ -376,6 +378,7 @@ class Session(dict[str, Any]):
         self.regenerate()
         self._user_id = user_id
         self._user_bound = True
+        self._bound_now = True
 
     def release(self) -> None:
         """Write the session back now and release its lock (PHP's ``session_write_close``).

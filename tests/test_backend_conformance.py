@@ -114,6 +114,20 @@ def test_save_is_fenced_by_the_token(backend: Backend) -> None:
     assert got is not None and got.data == b'{"v":1}'
 
 
+def test_save_never_resurrects_a_deleted_session(backend: Backend) -> None:
+    sid = new_session_id()
+    backend.create(sid, rec(b'{"v":0}'), ttl=60)
+    t = new_lock_token()
+    assert backend.lock_and_load(sid, t, 30)[0]
+    backend.delete(sid)  # an administrator ends the session while a request holds it
+    assert not backend.save(sid, rec(b'{"v":1}'), t, ttl=60)
+    assert backend.load(sid) is None
+    t2 = new_lock_token()
+    locked, got = backend.lock_and_load(sid, t2, 30)
+    assert locked and got is None, "the failed save released the lock"
+    backend.release(sid, t2, None)
+
+
 def test_expired_lock_is_taken_over_and_the_old_holder_is_fenced(backend: Backend) -> None:
     sid = new_session_id()
     backend.create(sid, rec(b'{"v":0}'), ttl=60)

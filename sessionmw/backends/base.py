@@ -12,10 +12,12 @@ class with no I/O (memory) can be both, and a wrongly wired backend fails loudly
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
+    "AdminBackend",
     "AsyncBackend",
     "Backend",
     "Record",
@@ -152,7 +154,9 @@ class Backend(Protocol):
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """Store ``record`` and release the lock, only if ``token`` still holds the lock.
 
-        Returns ``False`` (and writes nothing) when the lock expired and may be someone else's.
+        Returns ``False`` (and writes nothing) when the lock expired and may be someone else's, or
+        when the session was deleted meanwhile (ended by an administrator, gc): a request in flight
+        must never resurrect an ended session. The lock is released in that case too.
         """
         ...
 
@@ -217,4 +221,33 @@ class AsyncBackend(Protocol):
 
     async def aclose(self) -> None:
         """See :meth:`Backend.close`."""
+        ...
+
+
+@runtime_checkable
+class AdminBackend(Protocol):
+    """The administration side of a backend: listing, per-user look-up, gc and figures (sync only).
+
+    An async backend that serves ``max_sessions_per_user`` also offers ``auser_sessions``, the
+    awaitable :meth:`user_sessions` (the threaded wrapper derives it from the sync one).
+
+    A backend keeps an index of sessions by user id, updated when a session with a user is created
+    and when one is deleted, so :meth:`user_sessions` costs in proportion to that user's sessions.
+    Index entries of sessions the store dropped on its own (TTL, eviction) are skipped and cleaned.
+    """
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under this backend's key prefix."""
+        ...
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return ``(sid, record)`` for every live session bound to ``user_id``."""
+        ...
+
+    def gc(self, now: float) -> int:
+        """Remove sessions whose ``expires`` is before ``now`` (or whose TTL passed); return how many."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Return figures of the store itself, such as memcached's ``evictions`` or Redis' ``evicted_keys``."""
         ...

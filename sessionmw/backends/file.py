@@ -5,6 +5,7 @@ Layout, for a session ``sid`` under key prefix ``p``::
     <dir>/<p><sid>.session   the record (first line: TTL deadline, then the encoded record)
     <dir>/<p><sid>.lock      the lock: held with flock() for the request; holds "token deadline"
     <dir>/<p><sid>.touch     last access written by read-only requests, which hold no lock
+    <dir>/.users/<p><uid>/<sid>  an empty file per session of a user (uid base64url-encoded)
 
 Why it is shaped so:
 
@@ -22,6 +23,7 @@ Why it is shaped so:
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -121,8 +123,32 @@ class FileBackend:
                 pass
             raise self._fail(exc, "write a session") from exc
 
-    def _write_record(self, base: str, record: Record, ttl: float | None) -> None:
+    def _user_dir(self, user_id: str | int) -> Path:
+        encoded = base64.urlsafe_b64encode(str(user_id).encode()).decode().rstrip("=")
+        return self.dir / ".users" / (self.key_prefix + encoded)
+
+    def _index(self, sid: str, user_id: str | int | None) -> None:
+        if user_id is None:
+            return
+        folder = self._user_dir(user_id)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (folder / sid).touch()
+        except OSError as exc:
+            raise self._fail(exc, "index a session by user") from exc
+
+    def _unindex(self, sid: str, user_id: str | int | None) -> None:
+        if user_id is None:
+            return
+        try:
+            os.unlink(self._user_dir(user_id) / sid)
+        except OSError:
+            pass
+
+    def _write_record(self, sid: str, record: Record, ttl: float | None) -> None:
+        base = self._base(sid)
         deadline = b"-" if ttl is None else repr(time.time() + ttl).encode()
+        self._index(sid, record.user_id)
         self._write_atomic(base + ".session", deadline + b"\n" + encode_record(record))
         try:
             os.unlink(base + ".touch")
@@ -245,17 +271,18 @@ class FileBackend:
         except OSError as exc:
             raise self._fail(exc, "create a session") from exc
         os.close(fd)
-        self._write_record(base, record, ttl)
+        self._write_record(sid, record, ttl)
         return True
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """Store ``record`` and release the lock, if ``token`` still holds it."""
         base = self._base(sid)
-        if not self._holds(base, token):
+        if not self._holds(base, token) or not os.path.exists(base + ".session"):
+            # The lock is lost, or the session was ended meanwhile (terminate, gc): never resurrect it.
             self._unlock(base, token)
             return False
         try:
-            self._write_record(base, record, ttl)
+            self._write_record(sid, record, ttl)
         finally:
             self._unlock(base, token)
         return True
@@ -297,6 +324,9 @@ class FileBackend:
     def delete(self, sid: str) -> None:
         """Remove the session's files (a lock file stays while someone holds it)."""
         base = self._base(sid)
+        old = self._read_record(base)
+        if old is not None:
+            self._unindex(sid, old.user_id)
         for suffix in (".session", ".touch"):
             try:
                 os.unlink(base + suffix)
@@ -318,16 +348,74 @@ class FileBackend:
 
     # -- administration ------------------------------------------------------------------------
 
+    def _sids(self) -> Iterator[str]:
+        n = len(self.key_prefix)
+        with os.scandir(self.dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".session") and name.startswith(self.key_prefix):
+                    yield name[n : -len(".session")]
+
     def iter_records(self) -> Iterator[tuple[str, Record]]:
         """Yield ``(sid, record)`` for every live session under this key prefix."""
-        n = len(self.key_prefix)
-        for entry in os.scandir(self.dir):
-            name = entry.name
-            if name.endswith(".session") and name.startswith(self.key_prefix):
-                sid = name[n : -len(".session")]
-                record = self._read_record(self._base(sid))
-                if record is not None:
-                    yield sid, record
+        for sid in self._sids():
+            record = self._read_record(self._base(sid))
+            if record is not None:
+                yield sid, record
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return the live sessions bound to ``user_id`` (one directory listing, one read each)."""
+        folder = self._user_dir(user_id)
+        try:
+            sids = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        found = []
+        for sid in sids:
+            record = self._read_record(self._base(sid))
+            if record is None or record.user_id != user_id and str(record.user_id) != str(user_id):
+                self._unindex(sid, user_id)  # the session is gone: drop the stale entry
+                continue
+            found.append((sid, record))
+        return found
+
+    def gc(self, now: float) -> int:
+        """Remove sessions past their expiry or TTL; return how many."""
+        removed = 0
+        for sid in list(self._sids()):
+            base = self._base(sid)
+            try:
+                with open(base + ".session", "rb") as f:
+                    blob = f.read()
+            except OSError:
+                continue
+            head, _, body = blob.partition(b"\n")
+            try:
+                ttl_deadline = float(head) if head and head != b"-" else None
+                record = decode_record(body)
+            except ValueError:
+                continue
+            expires = record.expires
+            try:
+                with open(base + ".touch", "rb") as f:
+                    touched = json.loads(f.read())
+                if touched[0] > record.last_access:
+                    expires = touched[2]
+            except (OSError, ValueError, IndexError, TypeError):
+                pass
+            if (ttl_deadline is not None and ttl_deadline <= now) or (expires is not None and expires < now):
+                self._unindex(sid, record.user_id)
+                for suffix in (".session", ".touch"):
+                    try:
+                        os.unlink(base + suffix)
+                    except OSError:
+                        pass
+                removed += 1
+        return removed
+
+    def stats(self) -> dict[str, float]:
+        """The file store has no figures of its own."""
+        return {}
 
 
 def from_url(url: BackendURL, key_prefix: str) -> FileBackend:

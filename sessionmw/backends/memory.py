@@ -27,6 +27,8 @@ class _Store:
     data: dict[str, tuple[Record, float | None]] = field(default_factory=dict)
     #: key -> (token, monotonic deadline)
     locks: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: key prefix + str(user id) -> keys of that user's sessions
+    users: dict[str, set[str]] = field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -59,9 +61,34 @@ class MemoryBackend:
             return None
         record, deadline = item
         if deadline is not None and deadline <= now:
-            del self._s.data[key]
+            self._remove(key)
             return None
         return record
+
+    def _put(self, key: str, record: Record, ttl: float | None, now: float) -> None:
+        old = self._s.data.get(key)
+        if old is not None and old[0].user_id != record.user_id:
+            self._unindex(key, old[0].user_id)
+        self._s.data[key] = (record, None if ttl is None else now + ttl)
+        if record.user_id is not None:
+            self._s.users.setdefault(self.key_prefix + str(record.user_id), set()).add(key)
+
+    def _unindex(self, key: str, user_id: str | int | None) -> None:
+        if user_id is None:
+            return
+        ukey = self.key_prefix + str(user_id)
+        keys = self._s.users.get(ukey)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._s.users[ukey]
+
+    def _remove(self, key: str) -> bool:
+        item = self._s.data.pop(key, None)
+        if item is None:
+            return False
+        self._unindex(key, item[0].user_id)
+        return True
 
     def _holds(self, key: str, token: str, now: float) -> bool:
         held = self._s.locks.get(key)
@@ -92,7 +119,7 @@ class MemoryBackend:
         with self._s.mutex:
             if self._live(key, now) is not None:
                 return False
-            self._s.data[key] = (record, None if ttl is None else now + ttl)
+            self._put(key, record, ttl, now)
             return True
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
@@ -102,8 +129,10 @@ class MemoryBackend:
         with self._s.mutex:
             if not self._holds(key, token, now):
                 return False
-            self._s.data[key] = (record, None if ttl is None else now + ttl)
             del self._s.locks[key]
+            if self._live(key, now) is None:
+                return False  # ended meanwhile (terminate, gc): never resurrect it
+            self._put(key, record, ttl, now)
             return True
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
@@ -141,7 +170,7 @@ class MemoryBackend:
     def delete(self, sid: str) -> None:
         """Remove the session's data."""
         with self._s.mutex:
-            self._s.data.pop(self.key_prefix + sid, None)
+            self._remove(self.key_prefix + sid)
 
     def close(self) -> None:
         """Nothing to release: the store lives as long as the process."""
@@ -159,6 +188,32 @@ class MemoryBackend:
                 if k.startswith(self.key_prefix) and (deadline is None or deadline > now)
             ]
         yield from items
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return the live sessions bound to ``user_id``."""
+        now = time.monotonic()
+        n = len(self.key_prefix)
+        with self._s.mutex:
+            keys = list(self._s.users.get(self.key_prefix + str(user_id), ()))
+            found = [(k[n:], self._live(k, now)) for k in keys]
+        return [(sid, rec) for sid, rec in found if rec is not None]
+
+    def gc(self, now: float) -> int:
+        """Remove sessions past their expiry (or TTL); return how many."""
+        mono = time.monotonic()
+        removed = 0
+        with self._s.mutex:
+            for key, (record, deadline) in list(self._s.data.items()):
+                if not key.startswith(self.key_prefix):
+                    continue
+                if (deadline is not None and deadline <= mono) or (record.expires is not None and record.expires < now):
+                    self._remove(key)
+                    removed += 1
+        return removed
+
+    def stats(self) -> dict[str, float]:
+        """The memory store has no figures of its own."""
+        return {}
 
     # -- async twins: no I/O, so they call the sync primitives ---------------------------------
 
@@ -193,6 +248,10 @@ class MemoryBackend:
     async def adelete(self, sid: str) -> None:
         """See :meth:`delete`."""
         self.delete(sid)
+
+    async def auser_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """See :meth:`user_sessions`."""
+        return self.user_sessions(user_id)
 
     async def aclose(self) -> None:
         """See :meth:`close`."""

@@ -53,6 +53,14 @@ class ThreadedAsyncBackend:
         """See :meth:`Backend.delete`."""
         await to_thread.run_sync(self.sync.delete, sid)
 
+    async def auser_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """See :meth:`AdminBackend.user_sessions`."""
+        fn = getattr(self.sync, "user_sessions", None)
+        if fn is None:
+            raise NotImplementedError(f"{self.name} cannot list a user's sessions")
+        result: list[tuple[str, Record]] = await to_thread.run_sync(fn, user_id)
+        return result
+
     async def aclose(self) -> None:
         """See :meth:`Backend.close`."""
         await to_thread.run_sync(self.sync.close)
