@@ -1,51 +1,200 @@
-"""The ``sessionmw`` command line: the demo app and backend set-up.
+"""The ``sessionmw`` command line: administration of a site's sessions, and the demo app.
 
-Errors are one line on stderr with exit code 1 (2 for usage errors, as click does); no traceback.
+Every command takes ``--backend URL`` (or ``SESSIONMW_BACKEND``) and ``--key-prefix`` (or
+``SESSIONMW_KEY_PREFIX``); ``--json`` prints one JSON document for scripts. Errors are one line on
+stderr with exit code 1 (2 for usage errors, as click does); never a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from .errors import SessionError
 
 __all__ = ["main"]
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> Any:
+    click.echo(f"sessionmw: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _display(url: str) -> str:
+    from .backends._url import parse_backend_url
+
+    try:
+        return parse_backend_url(url).display
+    except SessionError:
+        return url
+
+
+def backend_options(func: F) -> F:
+    """Add the ``--backend``, ``--key-prefix`` and ``--json`` options every admin command takes."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+    func = click.option(
+        "--key-prefix",
+        envvar="SESSIONMW_KEY_PREFIX",
+        default="sessmw:",
+        show_default=True,
+        help="The site's key prefix.",
+    )(func)
+    func = click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL.")(func)
+    return func
+
+
+@contextmanager
+def _store(backend: str, key_prefix: str) -> Iterator[Any]:
+    from .store import SessionStore
+
+    try:
+        store = SessionStore(backend, key_prefix=key_prefix)
+    except SessionError as exc:
+        _fail(str(exc))
+    try:
+        yield store
+    except SessionError as exc:
+        _fail(str(exc))
+    finally:
+        try:
+            store.close()
+        except SessionError:
+            pass
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionmw")
 def main() -> None:
-    """Server-side, locked HTTP sessions: demo app and administration."""
+    """Server-side, locked HTTP sessions: administration and the demo app."""
+
+
+@main.command("list")
+@backend_options
+@click.option("--user", "user_id", default=None, help="Only this user's sessions.")
+def list_(backend: str, key_prefix: str, as_json: bool, user_id: str | None) -> None:
+    """List sessions (never their data), oldest first."""
+    with _store(backend, key_prefix) as store:
+        infos = store.list_sessions(user_id=user_id)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(info) for info in infos]))
+        return
+    table = Table(title=f"{len(infos)} session(s) in {_display(backend)}")
+    table.add_column("session id", overflow="fold")  # wrapped, never cut: it is what `kill` takes
+    for column in ("user", "created", "last access", "first IP", "last IP", "user agent"):
+        table.add_column(column)
+    for i in infos:
+        table.add_row(
+            i.sid,
+            "" if i.user_id is None else str(i.user_id),
+            _when(i.created),
+            _when(i.last_access),
+            i.first_ip or "",
+            i.last_ip or "",
+            (i.user_agent or "")[:40],
+        )
+    console.print(table)
 
 
 @main.command()
-@click.option("--backend", envvar="SESSIONMW_BACKEND", default=None, help="Backend URL (default: embedded SQLite).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
-def demo(backend: str | None, host: str, port: int) -> None:
-    """Serve the bundled demo app."""
-    try:
-        import uvicorn
-    except ImportError:
-        _fail("the demo needs uvicorn: pip install 'sessionmw[demo]'")
-    from .demo import build_app, default_demo_backend
+@backend_options
+@click.argument("sid", required=False)
+@click.option("--user", "user_id", default=None, help="End every session of this user.")
+@click.option("--all", "everything", is_flag=True, help="End every session of the site.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def kill(
+    backend: str, key_prefix: str, as_json: bool, sid: str | None, user_id: str | None, everything: bool, yes: bool
+) -> None:
+    """End one session (SID), a user's sessions (--user) or all sessions (--all)."""
+    chosen = [x for x in (sid is not None, user_id is not None, everything) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of SID, --user ID or --all")
+    what = f"session {sid}" if sid else f"every session of user {user_id!r}" if user_id else "EVERY session"
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(f"refusing to end {what} without confirmation: add --yes")
+        click.confirm(f"End {what} in {_display(backend)}?", abort=True)
+    with _store(backend, key_prefix) as store:
+        if sid is not None:
+            ended = 1 if store.terminate(sid) else 0
+            if not ended:
+                if as_json:
+                    click.echo(json.dumps({"ended": 0}))
+                _fail(f"no session {sid[:12]}… in {_display(backend)}")
+        elif user_id is not None:
+            ended = store.terminate_user(user_id)
+        else:
+            ended = store.terminate_all()
+    if as_json:
+        click.echo(json.dumps({"ended": ended}))
+    else:
+        console.print(f"ended {ended} session(s)")
 
-    url = backend or default_demo_backend()
-    try:
-        app = build_app(url)
-        app.build_middleware_stack()
-    except SessionError as exc:
-        _fail(str(exc))
-    click.echo(f"sessionmw demo on http://{host}:{port}/  (backend: {_display(url)})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+@main.command()
+@backend_options
+def gc(backend: str, key_prefix: str, as_json: bool) -> None:
+    """Remove expired sessions and their index entries."""
+    with _store(backend, key_prefix) as store:
+        if as_json:
+            removed = store.gc()
+        else:
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console
+            ) as progress:
+                task = progress.add_task(f"collecting expired sessions in {_display(backend)}", total=None)
+                removed = store.gc()
+                progress.update(task, total=1, completed=1)
+    if as_json:
+        click.echo(json.dumps({"removed": removed}))
+    else:
+        console.print(f"removed {removed} expired session(s)")
+
+
+@main.command()
+@backend_options
+def stats(backend: str, key_prefix: str, as_json: bool) -> None:
+    """Show figures: sessions, users, oldest, and the store's own (memcached evictions...)."""
+    with _store(backend, key_prefix) as store:
+        figures = store.stats()
+    evicted = figures.get("evictions", 0) or figures.get("evicted_keys", 0)
+    if as_json:
+        click.echo(json.dumps(figures))
+    else:
+        table = Table(title=f"sessions in {_display(backend)}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for name, value in figures.items():
+            table.add_row(name, _when(value) if name == "oldest" else f"{value:g}")
+        console.print(table)
+    if evicted:
+        err_console.print(
+            f"[yellow]warning:[/] the store evicted {evicted:g} item(s): evicted sessions are lost sessions "
+            "(give it more memory, or use a store that does not evict)"
+        )
 
 
 @main.command("init-db")
 @click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="SQL backend URL.")
-@click.option("--key-prefix", default="sessmw:", show_default=True)
+@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
 def init_db(backend: str, key_prefix: str) -> None:
     """Create the sessions table of an SQL backend (it is also created on first use)."""
     from .backends import open_backend
@@ -61,15 +210,66 @@ def init_db(backend: str, key_prefix: str) -> None:
     click.echo(f"tables ready in {_display(backend)}")
 
 
-def _display(url: str) -> str:
-    from .backends._url import parse_backend_url
+@main.command()
+@click.option("--from", "source", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL to copy from.")
+@click.option("--to", "target", required=True, help="Backend URL to copy to.")
+@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def migrate(source: str, target: str, key_prefix: str, as_json: bool) -> None:
+    """Copy every live session to another backend, keeping ids: nobody is logged out."""
+    from .backends import open_backend
 
+    with _store(source, key_prefix) as store:
+        try:
+            open_backend(target, key_prefix=key_prefix).close()  # a bad target fails before any copying
+        except SessionError as exc:
+            _fail(str(exc))
+        if as_json:
+            copied = store.migrate(target)
+        else:
+            total = store.count()
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=err_console,
+            ) as progress:  # fmt: skip
+                task = progress.add_task(f"{_display(source)} → {_display(target)}", total=total)
+                copied = store.migrate(target, progress=lambda n: progress.advance(task, n))
+    if as_json:
+        click.echo(json.dumps({"copied": copied}))
+    else:
+        console.print(f"copied {copied} session(s) to {_display(target)}")
+
+
+@main.command()
+@click.option("--backend", envvar="SESSIONMW_BACKEND", default=None, help="Backend URL (default: embedded SQLite).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--framework", type=click.Choice(["fastapi", "flask"]), default="fastapi", show_default=True, help="Which app."
+)
+def demo(backend: str | None, host: str, port: int, framework: str) -> None:
+    """Serve the bundled demo app."""
+    from .demo import build_app, default_demo_backend
+
+    url = backend or default_demo_backend()
     try:
-        return parse_backend_url(url).display
-    except SessionError:
-        return url
+        app = build_app(url, framework=framework)
+    except SessionError as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"the demo needs {exc.name}: pip install 'sessionmw[demo]'")
+    click.echo(f"sessionmw demo ({framework}) on http://{host}:{port}/  (backend: {_display(url)})")
+    if framework == "flask":
+        from werkzeug.serving import run_simple
+
+        run_simple(host, port, app, threaded=True)
+        return
+    try:
+        import uvicorn
+    except ImportError:
+        _fail("the demo needs uvicorn: pip install 'sessionmw[demo]'")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def _fail(message: str) -> Any:
-    click.echo(f"sessionmw: error: {message}", err=True)
-    sys.exit(1)
+if __name__ == "__main__":
+    main()
