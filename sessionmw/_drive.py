@@ -180,12 +180,14 @@ class AsyncDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # A backend that never blocks (memory) is called directly: no coroutine per primitive.
+        self._inline: Any = backend if getattr(backend, "nonblocking", False) else None
 
     async def run(self, flow: Generator[Any, Any, T]) -> T:
         """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
         result: Any = None
         error: BaseException | None = None
-        backend = self.backend
+        inline = self._inline
         while True:
             try:
                 op = flow.throw(error) if error is not None else flow.send(result)
@@ -195,7 +197,10 @@ class AsyncDriver:
             try:
                 if type(op) is Call:
                     method = op.method
-                    result = await getattr(backend, "a" + method)(*op.args)
+                    if inline is not None:
+                        result = getattr(inline, method)(*op.args)
+                    else:
+                        result = await getattr(self.backend, "a" + method)(*op.args)
                     if method == "lock_and_load":
                         if result[0]:
                             self._hold(op.args[0], op.args[1])
@@ -234,9 +239,8 @@ class AsyncDriver:
 
     def _hold(self, sid: str, token: str) -> None:
         self._held[token] = (sid, time.monotonic())
-        loop = asyncio.get_running_loop()
-        if self._timer is None or self._timer_loop is not loop:
-            self._arm(loop)
+        if self._timer is None or self._timer_loop is None or self._timer_loop.is_closed():
+            self._arm(asyncio.get_running_loop())
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer_loop = loop

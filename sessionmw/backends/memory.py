@@ -50,6 +50,9 @@ class MemoryBackend:
     :param key_prefix: prepended to every session id.
     """
 
+    #: No primitive ever blocks: the async driver may call the sync ones directly.
+    nonblocking = True
+
     def __init__(self, name: str = "", *, key_prefix: str = "sessmw:") -> None:
         self.name = f"memory://{name}"
         self.key_prefix = key_prefix

@@ -1,0 +1,274 @@
+"""The demo in a real browser: Debian's headless Chromium driven by selenium, against uvicorn on loopback.
+
+Two browser profiles of one user (two sessions), two tabs of one profile (one session, one cookie jar).
+Screenshots go to ``test-artifacts/``; the "your sessions" screenshot also becomes ``docs/demo.png``
+(the README's picture) when that file is missing or ``SESSIONMW_UPDATE_SCREENSHOT=1``.
+Nothing is downloaded: the driver and browser paths are given, so Selenium Manager never runs.
+Without chromium, chromedriver or selenium the test is skipped, unless ``SESSIONMW_TEST_REQUIRE``
+names ``browser`` (or ``all``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import free_port, missing, wait_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+DOCS_SCREENSHOT = ROOT / "docs" / "demo.png"
+CHROMIUM = os.environ.get("SESSIONMW_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("SESSIONMW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROME_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1100,660",
+)
+WAIT = 15.0
+
+SERVE = """
+import sys, uvicorn
+from sessionmw.demo import build_app
+uvicorn.run(build_app(sys.argv[1], sys.argv[2]), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
+"""
+
+
+def _find(path: str) -> str | None:
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return shutil.which(os.path.basename(path))
+
+
+@pytest.fixture(scope="module")
+def chrome_paths() -> tuple[str, str]:
+    """The chromium and chromedriver binaries, or a skip (a failure when the browser is required)."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing("browser", "selenium is not installed (pip install selenium)")
+    browser, driver = _find(CHROMIUM), _find(CHROMEDRIVER)
+    if browser is None or driver is None:
+        missing("browser", "chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
+    assert browser is not None and driver is not None
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo (FastAPI) served by uvicorn in a subprocess, on a temporary SQLite file."""
+    tmp = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(ARTIFACTS / "browser-server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, f"sqlite:///{tmp}/demo.db", "browser-test-secret", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(tmp),
+        )
+    try:
+        if not wait_port(port, 30):
+            pytest.fail(f"the demo did not start; see {ARTIFACTS / 'browser-server.log'}", pytrace=False)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def make_browser(chrome_paths: tuple[str, str]) -> Iterator[Callable[[], Any]]:
+    """Start browsers, each with a fresh profile (its own cookie jar); quit them all at the end."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    started: list[Any] = []
+    profiles: list[str] = []
+
+    def start() -> Any:
+        options = Options()
+        options.binary_location = chrome_paths[0]
+        for arg in CHROME_ARGS:
+            options.add_argument(arg)
+        profile = tempfile.mkdtemp(prefix="sessionmw-chromium-")
+        profiles.append(profile)
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(service=Service(executable_path=chrome_paths[1]), options=options)
+        driver.set_page_load_timeout(WAIT * 2)
+        started.append(driver)
+        return driver
+
+    yield start
+    for driver in started:
+        driver.quit()
+    for profile in profiles:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(driver: Any, name: str) -> Path:
+    """Save a screenshot as a test artefact."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"browser-{name}.png"
+    assert driver.save_screenshot(str(path)), f"screenshot {name} failed"
+    return path
+
+
+def by_id(driver: Any, element_id: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id)
+
+
+def click_and_load(driver: Any, element_id: str) -> None:
+    """Click a form button and wait until the next page (after the redirect) has loaded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    by_id(driver, element_id).click()
+    WebDriverWait(driver, WAIT).until(ec.staleness_of(old))
+    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def count(driver: Any) -> int:
+    return int(by_id(driver, "count").text)
+
+
+def user(driver: Any) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.ID, "user")
+    return str(found[0].text) if found else None
+
+
+def sign_in(driver: Any, base: str, name: str) -> None:
+    driver.get(base + "/")
+    by_id(driver, "login-name").send_keys(name)
+    click_and_load(driver, "login")
+    assert user(driver) == name
+
+
+def session_rows(driver: Any) -> list[tuple[str, bool]]:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr.session-row")
+    return [(str(r.get_attribute("data-sid")), r.get_attribute("data-current") == "yes") for r in rows]
+
+
+def test_demo_in_a_real_browser(demo_url: str, make_browser: Callable[[], Any]) -> None:
+    first = make_browser()
+    sign_in(first, demo_url, "alice")
+    assert count(first) == 0
+    click_and_load(first, "inc")
+    assert count(first) == 1
+
+    # A second tab of the same browser shares the cookie jar: the same session, the same counter.
+    tab_one = first.current_window_handle
+    first.switch_to.new_window("tab")
+    first.get(demo_url + "/")
+    assert user(first) == "alice" and count(first) == 1
+    click_and_load(first, "inc")
+    click_and_load(first, "inc")
+    assert count(first) == 3
+    shot(first, "1-counter-second-tab")
+    first.switch_to.window(tab_one)
+    first.refresh()
+    assert count(first) == 3
+    click_and_load(first, "inc")
+    assert count(first) == 4
+
+    # The read-only status page sees the same session.
+    first.get(demo_url + "/status")
+    assert by_id(first, "read-only").text == "yes" and by_id(first, "status-count").text == "4"
+
+    # Another browser profile signed in as the same user: a second session of alice.
+    second = make_browser()
+    sign_in(second, demo_url, "alice")
+    assert count(second) == 0
+
+    first.get(demo_url + "/sessions")
+    rows = session_rows(first)
+    assert len(rows) == 2 and sum(current for _, current in rows) == 1, rows
+    assert by_id(first, "session-count").text == "2"
+    path = shot(first, "2-your-sessions")
+    if not DOCS_SCREENSHOT.exists() or os.environ.get("SESSIONMW_UPDATE_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+    # End the other session: the other browser's next page load finds itself signed out.
+    other = next(sid for sid, current in rows if not current)
+    click_and_load(first, f"end-{other}")
+    assert [current for _, current in session_rows(first)] == [True]
+    assert "ended" in by_id(first, "notice").text
+    shot(first, "3-other-session-ended")
+    second.get(demo_url + "/")
+    assert user(second) is None
+    by_id(second, "login-name")  # the sign-in form is back
+    shot(second, "4-other-browser-signed-out")
+
+    # The cookie as the browser keeps it: prefixed name, Path=/, HttpOnly, never visible to scripts.
+    cookies = {c["name"]: c for c in first.get_cookies()}
+    assert set(cookies) == {"demo_session"}, cookies
+    cookie = cookies["demo_session"]
+    assert cookie["path"] == "/" and cookie["httpOnly"] is True and cookie.get("sameSite") == "Lax"
+    assert "demo_session" not in first.execute_script("return document.cookie")
+
+    # The admin page lists everyone.
+    first.get(demo_url + "/admin")
+    assert by_id(first, "stat-users").text == "1"
+    shot(first, "5-admin")
+
+    # Sign out: the session is destroyed and the cookie leaves the jar.
+    first.get(demo_url + "/")
+    click_and_load(first, "logout")
+    assert user(first) is None and "Signed out" in by_id(first, "notice").text
+    assert [c["name"] for c in first.get_cookies()] == []
+    shot(first, "6-signed-out")
+    first.get(demo_url + "/sessions")
+    assert session_rows(first) == []
+
+
+def test_slow_page_holds_the_lock_while_status_answers(demo_url: str, make_browser: Callable[[], Any]) -> None:
+    driver = make_browser()
+    sign_in(driver, demo_url, "bob")
+    click_and_load(driver, "inc")
+    slow_tab = driver.current_window_handle
+    # Start the slow page without waiting for it, then read the status page in a second tab.
+    driver.execute_script("window.location.href = arguments[0]", demo_url + "/slow?t=3")
+    time.sleep(0.5)
+    driver.switch_to.new_window("tab")
+    started = time.monotonic()
+    driver.get(demo_url + "/status")
+    assert time.monotonic() - started < 2.0, "the read-only page waited for the slow page's lock"
+    assert by_id(driver, "status-count").text == "1"
+    driver.switch_to.window(slow_tab)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT).until(lambda d: d.find_elements("id", "slept"))
+    assert by_id(driver, "slept").text == "3"
+    shot(driver, "7-slow-page")
