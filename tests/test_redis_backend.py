@@ -7,6 +7,7 @@ Redis has. Tests marked ``service("redis")`` use the private redis-server of con
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import time
@@ -24,6 +25,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
 from sessionmw.backends import _redis_common as C
+from sessionmw.backends.base import encode_record
 from sessionmw.backends.redis import RedisBackend
 from sessionmw.backends.redis_async import AsyncRedisBackend
 from sessionmw.cookies import new_session_id
@@ -219,32 +221,53 @@ def test_sync_cluster_unreachable_is_backend_unavailable() -> None:
 # -- pure pieces ---------------------------------------------------------------------------------
 
 
-def test_data_and_lock_share_a_cluster_slot() -> None:
+def test_data_touch_and_lock_share_a_cluster_slot() -> None:
     for prefix in ("sessmw:", "", "a:b:", "x*y["):
         keys = C.Keys(prefix)
         for sid in (new_session_id(), "abc", "a}b"):
-            assert key_slot(keys.data(sid).encode()) == key_slot(keys.lock(sid).encode())
+            slot = key_slot(keys.data(sid).encode())
+            assert key_slot(keys.touch(sid).encode()) == slot == key_slot(keys.lock(sid).encode())
     keys = C.Keys("sessmw:")
     assert keys.data("abc") == "sessmw:{abc}" and keys.lock("abc") == "sessmw:{abc}:lock"
+    assert keys.touch("abc") == "sessmw:{abc}:a"
     assert keys.sid_of(b"sessmw:{abc}") == "abc"
+
+
+def test_ops_name_the_keys_of_keys() -> None:
+    keys, sid, t = C.Keys("p:"), "abc", Touch(1.0, None, None, None)
+    three = (keys.data(sid), keys.touch(sid), keys.lock(sid))
+    for op in (C.lock_and_load(keys, sid, "t", 1), C.save(keys, sid, rec(), "t", 1), C.release(keys, sid, "t", t)):
+        assert op.command[0] == "EVALSHA" and op.script is not None
+        assert op.command[1] == hashlib.sha1(op.script.encode()).hexdigest()
+        assert op.command[2:6] == (3, *three)
+    assert C.touch(keys, sid, t).command[2:5] == (2, keys.data(sid), keys.touch(sid))
+    assert C.extend(keys, sid, "t", 1).command[2:4] == (1, keys.lock(sid))
+    assert C.load(keys, sid).command == ("MGET", keys.data(sid), keys.touch(sid))
+    assert C.delete(keys, sid).command == ("DEL", keys.data(sid), keys.touch(sid))
+    assert C.create(keys, sid, rec(), 2).command[::3] == ("SET", "NX")
+    assert C.create(keys, sid, rec(), None).command[-1] == "NX"
 
 
 def test_milliseconds_round_up_to_at_least_one() -> None:
     assert C.ms(0) == 1 and C.ms(0.0001) == 1 and C.ms(1.0001) == 1001 and C.ms(30) == 30000
 
 
-def test_hash_encoding_round_trips_every_field() -> None:
+def test_merge_applies_a_newer_touch_only() -> None:
     r = rec(b"\x00\xffbin", user_id="42", last_ip="::1", user_agent="ua", idle_override=True, idle_timeout=9.5)
-    args = C.write_args(r, 10)
-    assert args[0] == "10000"
-    n = int(args[1])
-    fields: dict[bytes, bytes] = {}
-    for i in range(n):
-        k, v = args[2 + 2 * i], args[3 + 2 * i]
-        fields[str(k).encode()] = v if isinstance(v, bytes) else v.encode()
-    assert args[2 + 2 * n :] == ["x"]  # expires is None: deleted
-    assert C.record_from_hash(fields) == r
-    assert C.record_from_hash({}) is None
+    blob = encode_record(r)
+    assert C.merge(blob, None) == r
+    assert C.merge(None, b"1 - x") is None
+    assert C.merge(b"not a record", None) is None and C.merge(b"[1]\n", None) is None
+    later = r.last_access + 10.125
+    head, ttl, ip = C.touch_args(Touch(later, "10.0.0.1", later + 60, 30))
+    assert ttl == 30000 and ip == "10.0.0.1"
+    stored = f"{head} {ip}".encode()  # what the Lua touch() stores
+    assert C.merge(blob, stored) == r._replace(last_access=later, last_ip="10.0.0.1", expires=later + 60)
+    head, ttl = C.touch_args(Touch(later, None, None, None))
+    assert ttl == "" and C.merge(blob, head.encode()) == r._replace(last_access=later, expires=None)
+    older = C.touch_args(Touch(r.last_access - 1, "10.9.9.9", None, None))
+    assert C.merge(blob, f"{older[0]} {older[2]}".encode()) == r, "an older touch is ignored"
+    assert C.merge(blob, b"garbage") == r
 
 
 def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_error(
@@ -262,23 +285,69 @@ def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_e
 
 
 @redis_service
-def test_record_is_a_hash_and_touch_leaves_the_data_alone(backend: RedisBackend, raw: redis.Redis) -> None:
+def test_record_is_one_string_and_touch_writes_only_the_touch_key(backend: RedisBackend, raw: redis.Redis) -> None:
     sid = new_session_id()
-    assert backend.create(sid, rec(b'{"v":1}', user_id=7), ttl=1.5)
-    key = backend._base.keys.data(sid)
-    assert raw.type(key) == b"hash"
-    assert raw.hget(key, "d") == b'{"v":1}' and raw.hget(key, "u") == b"7"
+    keys = backend._base.keys
+    key, tkey, lkey = keys.data(sid), keys.touch(sid), keys.lock(sid)
+    first = rec(b'{"v":1}', user_id=7, last_ip="10.0.0.1")
+    assert backend.create(sid, first, ttl=1.5)
+    assert raw.type(key) == b"string" and raw.get(key) == encode_record(first)
     assert 1000 < raw.pttl(key) <= 1500
-    raw.hset(key, "d", b"marker")  # a touch that rewrote the data would undo this
-    backend.touch(sid, Touch(last_access=time.time() + 5, last_ip=None, expires=None, ttl=None))
-    assert raw.hget(key, "d") == b"marker" and raw.hget(key, "li") is None
-    assert raw.pttl(key) == -1, "ttl=None persists the key"
+    marker = encode_record(first._replace(data=b"marker"))
+    raw.set(key, marker, keepttl=True)  # a touch that rewrote the data would undo this
+    later = time.time() + 5
+    backend.touch(sid, Touch(last_access=later, last_ip="10.0.0.2", expires=later + 9, ttl=30))
+    assert raw.get(key) == marker
+    assert 29000 < raw.pttl(key) <= 30000 and 29000 < raw.pttl(tkey) <= 30000, "a touch refreshes both TTLs"
+    backend.touch(sid, Touch(last_access=later + 1, last_ip=None, expires=None, ttl=None))
+    assert raw.get(key) == marker
+    assert raw.pttl(key) == -1 and raw.pttl(tkey) == -1, "ttl=None persists both keys"
+    got = backend.load(sid)
+    assert got == first._replace(data=b"marker", last_access=later + 1, last_ip="10.0.0.2", expires=None), (
+        "an unknown IP keeps the one touched before"
+    )
+    token = new_lock_token()
+    locked, got2 = backend.lock_and_load(sid, token, 1.0)
+    assert locked and got2 == got
+    assert 0 < raw.pttl(lkey) <= 1000
+    second = rec(b'{"v":2}', user_id=None)
+    assert backend.save(sid, second, token, ttl=60)
+    assert raw.get(key) == encode_record(second) and 59000 < raw.pttl(key) <= 60000
+    assert not raw.exists(tkey), "a save folds the touch into the record"
+    assert not raw.exists(lkey)
+    assert backend.load(sid) == second
     token = new_lock_token()
     assert backend.lock_and_load(sid, token, 1.0)[0]
-    assert 0 < raw.pttl(backend._base.keys.lock(sid)) <= 1000
-    assert backend.save(sid, rec(b'{"v":2}', user_id=None), token, ttl=60)
-    assert raw.hget(key, "u") is None, "a None field is removed, not left stale"
-    assert not raw.exists(backend._base.keys.lock(sid))
+    assert backend.save(sid, second, token, ttl=None)
+    assert raw.pttl(key) == -1, "ttl=None saves without a TTL"
+    backend.delete(sid)
+    assert not raw.exists(key) and not raw.exists(tkey)
+
+
+@redis_service
+def test_touch_and_release_never_create_a_session(backend: RedisBackend, raw: redis.Redis) -> None:
+    sid = new_session_id()
+    keys = backend._base.keys
+    backend.touch(sid, Touch(time.time(), "::1", None, 60))
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30) == (True, None)
+    assert not backend.release(sid, new_lock_token(), Touch(time.time(), "::1", None, 60))
+    assert backend.release(sid, token, Touch(time.time(), "::1", None, 60))
+    assert not raw.exists(keys.data(sid), keys.touch(sid), keys.lock(sid))
+
+
+@redis_service
+def test_a_flushed_script_cache_is_reloaded(backend: RedisBackend, raw: redis.Redis) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(), 60)
+    raw.script_flush()
+    token = new_lock_token()
+    locked, got = backend.lock_and_load(sid, token, 30)
+    assert locked and got is not None
+    raw.script_flush()
+    assert backend.save(sid, rec(b"{}"), token, 60)
+    got = backend.load(sid)
+    assert got is not None and got.data == b"{}"
     backend.delete(sid)
 
 
@@ -306,9 +375,12 @@ def test_iter_records_lists_live_sessions_of_its_prefix_only(redis_url: str, key
         locked = next(iter(sids))
         token = new_lock_token()
         assert b.lock_and_load(locked, token, 30)[0]
+        later = time.time() + 10
+        b.touch(locked, Touch(later, "10.1.1.1", None, 60))
         found = dict(b.iter_records())
-        assert set(found) == sids
+        assert set(found) == sids, "touch and lock keys are not sessions"
         assert all(r.data == b'{"a":1}' for r in found.values())
+        assert found[locked].last_access == later and found[locked].last_ip == "10.1.1.1"
         b.release(locked, token, None)
     finally:
         b.close()
@@ -351,6 +423,7 @@ def warm_up(b: RedisBackend) -> None:
     b.release(sid, t, None)
     b.touch(sid, Touch(time.time(), None, None, 60))
     b.delete(sid)
+    b.load(sid)
 
 
 @redis_service
@@ -363,14 +436,14 @@ def test_every_primitive_is_one_round_trip(
     token = new_lock_token()
     now = time.time()
     calls: list[tuple[str, Callable[[], object], str]] = [
-        ("create", lambda: backend.create(sid, rec(), 60), "evalsha"),
+        ("create", lambda: backend.create(sid, rec(), 60), "set"),
         ("lock_and_load", lambda: backend.lock_and_load(sid, token, 30), "evalsha"),
         ("extend", lambda: backend.extend(sid, token, 30), "evalsha"),
         ("save", lambda: backend.save(sid, rec(b"{}"), token, 60), "evalsha"),
         ("lock_and_load again", lambda: backend.lock_and_load(sid, token, 30), "evalsha"),
         ("release with touch", lambda: backend.release(sid, token, Touch(now, "::1", None, 60)), "evalsha"),
         ("touch", lambda: backend.touch(sid, Touch(now, None, None, 60)), "evalsha"),
-        ("load", lambda: backend.load(sid), "hgetall"),
+        ("load", lambda: backend.load(sid), "mget"),
         ("delete", lambda: backend.delete(sid), "del"),
     ]
     for what, call, command in calls:

@@ -2,27 +2,31 @@
 
 Rules of this module: no I/O. Everything the two twins (``redis.py`` on :class:`redis.Redis`,
 ``redis_async.py`` on :mod:`redis.asyncio`) do is described here as an :class:`Op`: one round trip
-(a registered Lua script, or one plain command), its keys and arguments, and how to read the reply.
+(a Lua script by EVALSHA, or one plain command), the command's arguments, and how to read the reply.
 A twin's method builds an op and runs it; the only difference between the twins is ``await``.
 
 Layout, for a session ``sid`` under key prefix ``p``::
 
-    p{sid}        a hash: d (data), c, a, u, fi, li, ua, io, it, x (metadata; absent = None)
+    p{sid}        the record: one string, encode_record(record) (a JSON line of metadata, then the data)
+    p{sid}:a      the last touch, if newer than the record: "<last_access> <expires|-> [<last_ip>]"
     p{sid}:lock   the lock: a string holding the owner's token, with a PX expiry
 
-The ``{sid}`` hash tag puts both keys of one session in one Cluster slot, so every script may touch
-both. The record is a hash so that a touch rewrites three small fields, never the data.
+The ``{sid}`` hash tag puts the three keys of one session in one Cluster slot, so every script (and
+MGET, DEL) may use all of them. The record is one string, so a save is one SET and a load one bulk
+reply; a touch writes only the small ``:a`` key (and refreshes the record's TTL), never the data,
+and a load merges it when its last access is newer, as the file backend does with its ``.touch``
+file. A save rewrites the whole record, so it deletes the ``:a`` key.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
@@ -30,11 +34,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendUnavailable, ConfigError
 from ._url import BackendURL, boolean, positive_float, positive_int
-from .base import Record, Touch
+from .base import Record, Touch, decode_record, encode_record
 
 __all__ = [
     "ERRORS",
     "SCRIPTS",
+    "SHAS",
     "ClientConfig",
     "Keys",
     "Op",
@@ -43,16 +48,14 @@ __all__ = [
     "create",
     "delete",
     "extend",
-    "hgetall",
     "load",
     "lock_and_load",
+    "merge",
     "ms",
-    "record_from_hash",
     "release",
     "save",
     "touch",
     "touch_args",
-    "write_args",
 ]
 
 logger = logging.getLogger("sessionmw")
@@ -75,15 +78,19 @@ class Keys:
     prefix: str
 
     def data(self, sid: str) -> str:
-        """The hash holding the record of ``sid``."""
+        """The string holding the record of ``sid``."""
         return f"{self.prefix}{{{sid}}}"
+
+    def touch(self, sid: str) -> str:
+        """The last touch of ``sid``; same hash tag as its data, so same Cluster slot."""
+        return f"{self.prefix}{{{sid}}}:a"
 
     def lock(self, sid: str) -> str:
         """The lock of ``sid``; same hash tag as its data, so same Cluster slot."""
         return f"{self.prefix}{{{sid}}}:lock"
 
     def scan_pattern(self) -> str:
-        """A SCAN MATCH pattern for every data key under this prefix (lock keys do not end in ``}``)."""
+        """A SCAN MATCH pattern for every data key under this prefix (touch and lock keys do not end in ``}``)."""
         escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
         return escaped + "{*}"
 
@@ -95,70 +102,74 @@ class Keys:
 
 # -- Lua -----------------------------------------------------------------------------------------
 
-# write(key, at): apply one record write described by ARGV[at..]:
-#   ARGV[at]              the key's TTL in ms, or "" for no TTL (PERSIST)
-#   ARGV[at+1]            n, the number of field/value pairs that follow
-#   ARGV[at+2 .. +2n+1]   field, value, ... (HSET)
-#   ARGV[at+2n+2 ..]      fields whose value is None (HDEL)
-_WRITE = """
-local function write(key, at)
-  local n = tonumber(ARGV[at + 1])
-  if n > 0 then redis.call('HSET', key, unpack(ARGV, at + 2, at + 1 + 2 * n)) end
-  if #ARGV >= at + 2 + 2 * n then redis.call('HDEL', key, unpack(ARGV, at + 2 + 2 * n)) end
-  if ARGV[at] == '' then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ARGV[at]) end
+# touch(at): apply the touch in ARGV[at..] to the session whose data is KEYS[1] and touch key KEYS[2]:
+#   ARGV[at]      "<last_access> <expires|->", the new touch value without its IP
+#   ARGV[at+1]    the TTL in ms for both keys, or "" for none (PERSIST)
+#   ARGV[at+2]    the last IP; absent = unknown, keep the IP of the touch stored before (if any)
+# Returns 1 when the session exists (touched), 0 when it does not (nothing created).
+_TOUCH_FN = """
+local function touch(at)
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  local ip = ARGV[at + 2]
+  if ip == nil then
+    local old = redis.call('GET', KEYS[2])
+    if old then ip = string.match(old, '^%S+ %S+ (.*)$') end
+  end
+  local value = ARGV[at]
+  if ip then value = value .. ' ' .. ip end
+  if ARGV[at + 1] == '' then
+    redis.call('SET', KEYS[2], value)
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('SET', KEYS[2], value, 'PX', ARGV[at + 1])
+    redis.call('PEXPIRE', KEYS[1], ARGV[at + 1])
+  end
+  return 1
 end
 """
 
-# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2] lock expiry in ms.
-# Returns nil when another token holds the lock, else the data hash as a flat list ({} = no session).
+# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] lock expiry in ms.
+# Returns nil when another token holds the lock, else {data, touch} (each nil when absent).
 _LOCK_AND_LOAD = """
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('HGETALL', KEYS[1])
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('MGET', KEYS[1], KEYS[2])
 """
 
-# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2..] a write (see write()).
-# Returns 1 when the token held the lock (record written, lock deleted), else 0 and writes nothing.
-_SAVE = (
-    _WRITE
-    + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-write(KEYS[1], 2)
-redis.call('DEL', KEYS[2])
-return 1
+# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] the record, ARGV[3] TTL in ms or "".
+# Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and the touch
+# and returns 1 when the record was written, 0 when the session was deleted meanwhile (SET XX: an ended
+# session is never resurrected).
+_SAVE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+local stored
+if ARGV[3] == '' then
+  stored = redis.call('SET', KEYS[1], ARGV[2], 'XX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+if stored then return 1 end
+return 0
 """
-)
 
-# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2..] an optional touch (see write()).
+# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
 # Returns 1 when the token held the lock (deleted; the touch applied if the data still exists), else 0.
 _RELEASE = (
-    _WRITE
+    _TOUCH_FN
     + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-if #ARGV > 1 and redis.call('EXISTS', KEYS[1]) == 1 then write(KEYS[1], 2) end
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[3])
+if #ARGV > 1 then touch(2) end
 return 1
 """
 )
 
-# KEYS[1] data; ARGV[1..] a write (see write()).
-# Returns 1 when the record was stored, 0 when the key exists already (nothing written).
-_CREATE = (
-    _WRITE
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-write(KEYS[1], 1)
-return 1
-"""
-)
-
-# KEYS[1] data; ARGV[1..] a touch (see write()).
+# KEYS[1] data, KEYS[2] touch; ARGV[1..] a touch (see touch()).
 # Returns 1 when the session existed and was touched, 0 when there is none (nothing created).
 _TOUCH = (
-    _WRITE
+    _TOUCH_FN
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-write(KEYS[1], 1)
-return 1
+return touch(1)
 """
 )
 
@@ -170,19 +181,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-#: Script name -> Lua source; each twin registers them once per client (EVALSHA, EVAL on NOSCRIPT).
+#: Script name -> Lua source. Run by EVALSHA; on NOSCRIPT the twin loads the source and retries.
 SCRIPTS: dict[str, str] = {
     "lock_and_load": _LOCK_AND_LOAD,
     "save": _SAVE,
     "release": _RELEASE,
-    "create": _CREATE,
     "touch": _TOUCH,
     "extend": _EXTEND,
 }
 
-# -- record <-> hash -----------------------------------------------------------------------------
+#: Script name -> SHA1 of its source, as EVALSHA wants it (computed once, here).
+SHAS: dict[str, str] = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
 
-Arg = str | bytes
+# -- records and touches -------------------------------------------------------------------------
+
+Arg = str | bytes | int
 
 
 def ms(seconds: float) -> int:
@@ -190,161 +203,126 @@ def ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _ttl_arg(ttl: float | None) -> str:
-    return "" if ttl is None else str(ms(ttl))
+def touch_args(t: Touch) -> list[Arg]:
+    """The arguments of the Lua ``touch()``: the value without IP, the TTL, and the IP when known."""
+    head = f"{float(t.last_access)!r} {'-' if t.expires is None else repr(float(t.expires))}"
+    ttl = "" if t.ttl is None else ms(t.ttl)
+    return [head, ttl] if t.last_ip is None else [head, ttl, t.last_ip]
 
 
-def _write(ttl: float | None, fields: Sequence[tuple[str, Arg | None]], keep: Sequence[str] = ()) -> list[Arg]:
-    """ARGV for the Lua ``write()``: set the fields with a value, delete those with None (unless kept)."""
-    present = [(k, v) for k, v in fields if v is not None]
-    absent = [k for k, v in fields if v is None and k not in keep]
-    args: list[Arg] = [_ttl_arg(ttl), str(len(present))]
-    for k, v in present:
-        assert v is not None
-        args += [k, v]
-    return args + absent
-
-
-def _num(value: float | None) -> str | None:
-    return None if value is None else repr(float(value))
-
-
-def write_args(record: Record, ttl: float | None) -> list[Arg]:
-    """The Lua ``write()`` arguments storing all of ``record`` with a TTL (``None`` = none)."""
-    return _write(
-        ttl,
-        [
-            ("d", record.data),
-            ("c", _num(record.created)),
-            ("a", _num(record.last_access)),
-            ("u", None if record.user_id is None else json.dumps(record.user_id)),
-            ("fi", record.first_ip),
-            ("li", record.last_ip),
-            ("ua", record.user_agent),
-            ("io", "1" if record.idle_override else "0"),
-            ("it", _num(record.idle_timeout)),
-            ("x", _num(record.expires)),
-        ],
-    )
-
-
-def touch_args(touch: Touch) -> list[Arg]:
-    """The Lua ``write()`` arguments of a touch: last access, expiry, and last IP when it is known."""
-    return _write(
-        touch.ttl,
-        [("a", _num(touch.last_access)), ("li", touch.last_ip), ("x", _num(touch.expires))],
-        keep=("li",),
-    )
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8")
-
-
-def _float(value: bytes | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def record_from_hash(h: Mapping[bytes, bytes]) -> Record | None:
-    """The record in a data hash, or ``None`` for an empty (missing) or foreign one."""
-    data, created, last_access = h.get(b"d"), _float(h.get(b"c")), _float(h.get(b"a"))
-    if data is None or created is None or last_access is None:
+def merge(data: bytes | None, touched: bytes | None) -> Record | None:
+    """The record in a data value, with the touch value applied when it is newer; ``None`` if missing or foreign."""
+    if data is None:
         return None
-    user = h.get(b"u")
-    return Record(
-        data=data,
-        created=created,
-        last_access=last_access,
-        user_id=None if user is None else json.loads(user),
-        first_ip=_text(h.get(b"fi")),
-        last_ip=_text(h.get(b"li")),
-        user_agent=_text(h.get(b"ua")),
-        idle_override=h.get(b"io") == b"1",
-        idle_timeout=_float(h.get(b"it")),
-        expires=_float(h.get(b"x")),
-    )
-
-
-def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[0::2], flat[1::2], strict=True))
+    try:
+        record = decode_record(data)
+    except (ValueError, IndexError, TypeError):
+        return None
+    if touched is not None:
+        try:
+            parts = touched.split(b" ", 2)
+            last_access = float(parts[0])
+            if last_access > record.last_access:
+                expires = None if parts[1] == b"-" else float(parts[1])
+                last_ip = parts[2].decode("utf-8") if len(parts) > 2 else None
+                record = record.touched(Touch(last_access, last_ip, expires, None))
+        except (ValueError, IndexError):
+            pass
+    return record
 
 
 # -- operations: one round trip each ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Op(Generic[T]):
-    """One round trip: a registered script (or, when ``script`` is None, the command in ``args``)."""
+class Op(NamedTuple, Generic[T]):
+    """One round trip: a command (for a script: ``EVALSHA sha numkeys keys... args...``) and its reader.
 
+    A named tuple: one is built per call, and it costs a fraction of a (frozen) dataclass.
+    """
+
+    #: The command and its arguments, as ``execute_command`` takes them.
+    command: tuple[Arg, ...]
+    #: The Lua source behind an EVALSHA, loaded when the server answers NOSCRIPT; ``None`` for a plain command.
     script: str | None
-    keys: list[str]
-    args: list[Arg]
     parse: Callable[[Any], T]
 
 
 def _flag(reply: Any) -> bool:
-    return bool(int(reply))
+    return bool(reply)
 
 
 def _locked(reply: Any) -> tuple[bool, Record | None]:
     if reply is None:
         return False, None
-    return True, record_from_hash(_pairs(reply))
+    return True, merge(reply[0], reply[1])
 
 
 def _record(reply: Any) -> Record | None:
-    return record_from_hash(reply) if reply else None
+    return merge(reply[0], reply[1])
 
 
 def _nothing(reply: Any) -> None:
     return None
 
 
+_LOCK_AND_LOAD_SHA = SHAS["lock_and_load"]
+_SAVE_SHA = SHAS["save"]
+_RELEASE_SHA = SHAS["release"]
+_TOUCH_SHA = SHAS["touch"]
+_EXTEND_SHA = SHAS["extend"]
+
+
 def lock_and_load(keys: Keys, sid: str, token: str, expire: float) -> Op[tuple[bool, Record | None]]:
-    """SET lock NX PX, and HGETALL the data when that worked."""
-    return Op("lock_and_load", [keys.data(sid), keys.lock(sid)], [token, str(ms(expire))], _locked)
+    """SET lock NX PX, and MGET data and touch when that worked."""
+    k = f"{keys.prefix}{{{sid}}}"
+    return Op(("EVALSHA", _LOCK_AND_LOAD_SHA, 3, k, k + ":a", k + ":lock", token, ms(expire)), _LOCK_AND_LOAD, _locked)
 
 
 def load(keys: Keys, sid: str) -> Op[Record | None]:
-    """HGETALL the data."""
-    return Op(None, [keys.data(sid)], ["HGETALL", keys.data(sid)], _record)
+    """MGET data and touch."""
+    k = f"{keys.prefix}{{{sid}}}"
+    return Op(("MGET", k, k + ":a"), None, _record)
 
 
 def create(keys: Keys, sid: str, record: Record, ttl: float | None) -> Op[bool]:
-    """Write the record unless the key exists."""
-    return Op("create", [keys.data(sid)], write_args(record, ttl), _flag)
+    """SET the record NX (PX ttl): stored only if the key is unused."""
+    k = f"{keys.prefix}{{{sid}}}"
+    if ttl is None:
+        return Op(("SET", k, encode_record(record), "NX"), None, _flag)
+    return Op(("SET", k, encode_record(record), "NX", "PX", ms(ttl)), None, _flag)
 
 
 def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) -> Op[bool]:
-    """Write the record and delete the lock, if the token holds it."""
-    return Op("save", [keys.data(sid), keys.lock(sid)], [token, *write_args(record, ttl)], _flag)
+    """If the token holds the lock: write the record over an existing one, delete the touch and the lock."""
+    k = f"{keys.prefix}{{{sid}}}"
+    px = "" if ttl is None else ms(ttl)
+    return Op(("EVALSHA", _SAVE_SHA, 3, k, k + ":a", k + ":lock", token, encode_record(record), px), _SAVE, _flag)
 
 
 def release(keys: Keys, sid: str, token: str, touch: Touch | None) -> Op[bool]:
-    """Delete the lock if the token holds it, applying the touch first."""
-    extra = [] if touch is None else touch_args(touch)
-    return Op("release", [keys.data(sid), keys.lock(sid)], [token, *extra], _flag)
+    """Delete the lock if the token holds it, applying the touch too."""
+    k = f"{keys.prefix}{{{sid}}}"
+    command: tuple[Arg, ...] = ("EVALSHA", _RELEASE_SHA, 3, k, k + ":a", k + ":lock", token)
+    if touch is not None:
+        command += tuple(touch_args(touch))
+    return Op(command, _RELEASE, _flag)
 
 
 def touch(keys: Keys, sid: str, t: Touch) -> Op[None]:
-    """Refresh last access of an existing session."""
-    return Op("touch", [keys.data(sid)], touch_args(t), _nothing)
+    """Write the touch key and refresh the TTL of an existing session."""
+    k = f"{keys.prefix}{{{sid}}}"
+    return Op(("EVALSHA", _TOUCH_SHA, 2, k, k + ":a", *touch_args(t)), _TOUCH, _nothing)
 
 
 def extend(keys: Keys, sid: str, token: str, expire: float) -> Op[bool]:
     """PEXPIRE the lock if the token holds it."""
-    return Op("extend", [keys.lock(sid)], [token, str(ms(expire))], _flag)
+    return Op(("EVALSHA", _EXTEND_SHA, 1, keys.lock(sid), token, ms(expire)), _EXTEND, _flag)
 
 
 def delete(keys: Keys, sid: str) -> Op[None]:
-    """DEL the data (not the lock)."""
-    return Op(None, [keys.data(sid)], ["DEL", keys.data(sid)], _nothing)
-
-
-def hgetall(key: bytes | str) -> Op[Record | None]:
-    """HGETALL one data key found by SCAN."""
-    k = key.decode("utf-8") if isinstance(key, bytes) else key
-    return Op(None, [k], ["HGETALL", k], _record)
+    """DEL the data and the touch (not the lock)."""
+    k = f"{keys.prefix}{{{sid}}}"
+    return Op(("DEL", k, k + ":a"), None, _nothing)
 
 
 # -- the state both twins keep -------------------------------------------------------------------
@@ -361,28 +339,27 @@ class RedisBase(Generic[ClientT]):
         self.name = name
         self.keys = keys
         self.connect = connect
-        self._client: ClientT | None = None
+        #: The client once built (read directly on the hot path; :meth:`connected` builds it).
+        self.client: ClientT | None = None
         self._closing: list[Any] = []
-        self._scripts: dict[str, Any] = {}
-        self._policy_pending = True
+        #: Whether the eviction policy is still to be checked (a plain attribute: read on every call).
+        self.policy_pending = True
         self._mutex = threading.Lock()
 
-    def connected(self) -> tuple[ClientT, dict[str, Any]]:
-        """The client and its registered scripts, built on first use."""
-        client = self._client
+    def connected(self) -> ClientT:
+        """The client, built on first use."""
+        client = self.client
         if client is None:
             with self._mutex:
-                if self._client is None:
+                if self.client is None:
                     try:
                         built, closing = self.connect()
                     except ERRORS as exc:
                         raise self.unavailable(exc) from exc
-                    register: Callable[[str], Any] = built.register_script  # type: ignore[attr-defined]
-                    self._scripts = {name: register(src) for name, src in SCRIPTS.items()}
                     self._closing = closing
-                    self._client = built
-                client = self._client
-        return client, self._scripts
+                    self.client = built
+                client = self.client
+        return client
 
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
         """The :class:`BackendUnavailable` for a redis-py error: this backend and the cause, one line."""
@@ -393,15 +370,14 @@ class RedisBase(Generic[ClientT]):
         """Forget the clients (a later call builds new ones) and return those to close."""
         with self._mutex:
             closing, self._closing = self._closing, []
-            self._client = None
-            self._scripts = {}
+            self.client = None
         return closing
 
     def policy_result(self, reply: Any, exc: BaseException | None) -> None:
         """Digest the reply (or error) of ``CONFIG GET maxmemory-policy``; warn once if keys may be evicted."""
         if exc is not None and isinstance(exc, _TRANSIENT):
             return  # try again on the next call
-        self._policy_pending = False
+        self.policy_pending = False
         policy = _find_policy(reply) if exc is None else None
         if policy is not None and policy != "noeviction":
             logger.warning(
@@ -410,11 +386,6 @@ class RedisBase(Generic[ClientT]):
                 self.name,
                 policy,
             )
-
-    @property
-    def policy_pending(self) -> bool:
-        """Whether the eviction policy is still to be checked."""
-        return self._policy_pending
 
 
 def _find_policy(reply: Any) -> str | None:

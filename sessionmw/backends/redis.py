@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -74,22 +75,28 @@ class RedisBackend:
 
     def client(self) -> SyncClient:
         """The redis-py client, built on first use (for administration and tests)."""
-        return self._base.connected()[0]
+        return self._base.connected()
 
     def _run(self, op: C.Op[T]) -> T:
-        client, scripts = self._base.connected()
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
         try:
-            if op.script is None:
-                reply = client.execute_command(*op.args)  # type: ignore[no-untyped-call]
-            else:
-                reply = scripts[op.script](keys=op.keys, args=op.args)
-        except C.ERRORS as exc:
-            raise self._base.unavailable(exc) from exc
-        if self._base.policy_pending:
             try:
-                self._base.policy_result(client.config_get("maxmemory-policy"), None)
+                reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            except NoScriptError:
+                if op.script is None:
+                    raise
+                client.script_load(op.script)  # a new or flushed server: load the script, then once more
+                reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        if base.policy_pending:
+            try:
+                base.policy_result(client.config_get("maxmemory-policy"), None)
             except C.ERRORS as exc:
-                self._base.policy_result(None, exc)
+                base.policy_result(None, exc)
         return op.parse(reply)
 
     # -- primitives ----------------------------------------------------------------------------
@@ -99,7 +106,7 @@ class RedisBackend:
         return self._run(C.lock_and_load(self._base.keys, sid, token, expire))
 
     def load(self, sid: str) -> Record | None:
-        """Return the record of ``sid`` without locking (one HGETALL)."""
+        """Return the record of ``sid`` without locking (one MGET of data and touch)."""
         return self._run(C.load(self._base.keys, sid))
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
@@ -123,7 +130,7 @@ class RedisBackend:
         return self._run(C.extend(self._base.keys, sid, token, expire))
 
     def delete(self, sid: str) -> None:
-        """Remove the session's data (one DEL; the lock stays with its holder)."""
+        """Remove the session's data and touch (one DEL; the lock stays with its holder)."""
         self._run(C.delete(self._base.keys, sid))
 
     def close(self) -> None:
@@ -134,7 +141,7 @@ class RedisBackend:
     # -- administration ------------------------------------------------------------------------
 
     def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then HGETALL each)."""
+        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then MGET each)."""
         keys = self._base.keys
         client = self.client()
         try:
@@ -142,9 +149,10 @@ class RedisBackend:
         except C.ERRORS as exc:
             raise self._base.unavailable(exc) from exc
         for key in found:
-            record = self._run(C.hgetall(key))
+            sid = keys.sid_of(key)
+            record = self._run(C.load(keys, sid))
             if record is not None:
-                yield keys.sid_of(key), record
+                yield sid, record
 
 
 def from_url(url: BackendURL, key_prefix: str) -> RedisBackend:

@@ -13,6 +13,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from . import _redis_common as C
 from .base import Record, Touch
@@ -57,22 +58,28 @@ class AsyncRedisBackend:
 
     def client(self) -> AsyncClient:
         """The ``redis.asyncio`` client, built on first use (for administration and tests)."""
-        return self._base.connected()[0]
+        return self._base.connected()
 
     async def _arun(self, op: C.Op[T]) -> T:
-        client, scripts = self._base.connected()
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
         try:
-            if op.script is None:
-                reply = await client.execute_command(*op.args)
-            else:
-                reply = await scripts[op.script](keys=op.keys, args=op.args)
-        except C.ERRORS as exc:
-            raise self._base.unavailable(exc) from exc
-        if self._base.policy_pending:
             try:
-                self._base.policy_result(await client.config_get("maxmemory-policy"), None)
+                reply = await client.execute_command(*op.command)
+            except NoScriptError:
+                if op.script is None:
+                    raise
+                await client.script_load(op.script)  # a new or flushed server: load the script, then once more
+                reply = await client.execute_command(*op.command)
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        if base.policy_pending:
+            try:
+                base.policy_result(await client.config_get("maxmemory-policy"), None)
             except C.ERRORS as exc:
-                self._base.policy_result(None, exc)
+                base.policy_result(None, exc)
         return op.parse(reply)
 
     # -- primitives ----------------------------------------------------------------------------
