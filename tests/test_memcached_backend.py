@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import socket
@@ -16,9 +18,11 @@ from pymemcache.client.base import Client
 from sessionmw.backends import Record, Touch, open_backend
 from sessionmw.backends.memcached import (
     DEFAULT_ITEM_SIZE_MAX,
+    INDEX_PRUNE_AT,
     MAX_RELATIVE_EXPTIME,
     RELEASED_MARKER,
     MemcachedBackend,
+    _DumpRefused,
     exptime,
 )
 from sessionmw.cookies import new_session_id
@@ -475,3 +479,299 @@ def test_a_server_that_does_not_answer_times_out(key_prefix: str) -> None:
             assert "timed out" in str(info.value)
         finally:
             b.close()
+
+
+# -- administration: enumeration, the user index, gc, stats --------------------------------------
+
+
+@pytest.fixture
+def two_servers(
+    memcached_server: ServerProcess | None, second_server: ServerProcess, key_prefix: str
+) -> Iterator[tuple[MemcachedBackend, list[int]]]:
+    """A backend over the session's memcached and a second one, with its own key prefix."""
+    if memcached_server is None:
+        missing("memcached", "memcached is not installed")
+    assert memcached_server is not None
+    ports = [memcached_server.port, second_server.port]
+    b = open_backend("memcached://" + ",".join(f"127.0.0.1:{p}" for p in ports), key_prefix=key_prefix)
+    assert isinstance(b, MemcachedBackend)
+    yield b, ports
+    b.close()
+
+
+def _server_of(b: MemcachedBackend, key: str) -> int:
+    return b._node_for(key).address[1]
+
+
+def _index_sids(b: MemcachedBackend, user_id: str | int) -> list[str]:
+    node, key = b._index_locate(user_id)
+    value = node.client.get(key)
+    return [] if value is None else list(json.loads(value))
+
+
+def test_iter_records_lists_every_session_on_both_servers_and_nothing_else(
+    two_servers: tuple[MemcachedBackend, list[int]], key_prefix: str
+) -> None:
+    b, ports = two_servers
+    per_server = dict.fromkeys(ports, 0)
+    expected: dict[str, str | None] = {}
+    for i in range(1500):  # a dump of several hundred kilobytes: read in many pieces
+        sid = new_session_id()
+        user = f"user{i % 7}" if i % 3 == 0 else None
+        assert b.create(sid, rec(user_id=user), ttl=60)
+        expected[sid] = user
+        per_server[_server_of(b, key_prefix + sid)] += 1
+    assert all(n > 100 for n in per_server.values()), per_server
+    held = next(iter(expected))
+    token = new_lock_token()
+    assert b.lock_and_load(held, token, 30)[0]  # its lock key must not be listed as a session
+    other = open_backend(b.name, key_prefix=key_prefix + "other/%:")  # keys memcached must URL-encode
+    assert isinstance(other, MemcachedBackend)
+    try:
+        other_sid = new_session_id()
+        assert other.create(other_sid, rec(), ttl=60)
+        got = dict(b.iter_records())
+        assert set(got) == set(expected), "every session once, no lock, index or foreign key"
+        assert all(got[sid].user_id == user for sid, user in expected.items())
+        assert [sid for sid, _ in other.iter_records()] == [other_sid], "URL-encoded keys are decoded"
+        b.delete(held)
+        assert held not in dict(b.iter_records())
+    finally:
+        other.close()
+        b.release(held, token, None)
+
+
+def test_concurrent_listings_wait_for_the_busy_crawler(backend: MemcachedBackend) -> None:
+    sids = {new_session_id() for _ in range(300)}
+    for sid in sids:
+        assert backend.create(sid, rec(), ttl=60)
+    results: list[set[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def listing() -> None:
+        barrier.wait()
+        try:
+            results.append({sid for sid, _ in backend.iter_records()})
+        except BaseException as exc:  # noqa: B036 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=listing) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results == [sids] * 4
+
+
+def test_metadump_falls_back_to_walking_the_lrus_on_old_servers(backend: MemcachedBackend) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(), ttl=60)
+    node = backend._locate(sid)[0]
+    real = backend._read_dump
+    modes: list[bytes] = []
+
+    def read_dump(n: Any, mode: bytes, prefix: bytes) -> list[bytes] | None:
+        modes.append(mode)
+        if mode == b"hash":
+            raise _DumpRefused("BADCLASS invalid class id")  # what memcached < 1.6.9 answers
+        return real(n, mode, prefix)
+
+    backend._read_dump = read_dump  # type: ignore[method-assign,assignment]
+    try:
+        listed = [s for s, _ in backend.iter_records()]
+    finally:
+        del backend._read_dump
+        node.dump_all = False
+    assert modes == [b"hash", b"all"]
+    assert listed in ([sid], []), "metadump all is best effort"
+
+
+def test_a_server_refusing_metadump_is_unavailable_with_the_reason(key_prefix: str) -> None:
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    srv = ServerProcess(
+        "memcached-nocrawler",
+        lambda port: [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-o", "no_lru_crawler", *user],
+        free_port(),
+    )
+    srv.start()
+    b = open_backend(f"memcached://127.0.0.1:{srv.port}", key_prefix=key_prefix)
+    assert isinstance(b, MemcachedBackend)
+    try:
+        assert b.create(new_session_id(), rec(), ttl=60)
+        with pytest.raises(BackendUnavailable) as info:
+            list(b.iter_records())
+        assert "lru_crawler metadump failed (CLIENT_ERROR lru crawler disabled)" in str(info.value)
+        assert "\n" not in str(info.value)
+    finally:
+        b.close()
+        srv.stop()
+
+
+def test_user_index_across_two_servers(two_servers: tuple[MemcachedBackend, list[int]], key_prefix: str) -> None:
+    b, ports = two_servers
+    users: list[str | int] = [f"user-{i}" for i in range(12)]
+    users += [42, "é" * 200]  # int ids, and one too long for a key
+    index_servers = {_server_of(b, b._index_locate(u)[1]) for u in users}
+    assert index_servers == set(ports), "index keys spread over the servers too"
+    owned: dict[str | int, set[str]] = {u: set() for u in users}
+    session_servers: set[int] = set()
+    for i in range(60):
+        user = users[i % len(users)]
+        sid = new_session_id()
+        assert b.create(sid, rec(user_id=user), ttl=60)
+        owned[user].add(sid)
+        session_servers.add(_server_of(b, key_prefix + sid))
+    assert session_servers == set(ports)
+    long_key = b._index_locate("é" * 200)[1]
+    assert len(long_key) <= 250 and "~" in long_key
+    for user in users:
+        found = b.user_sessions(user)
+        assert {sid for sid, _ in found} == owned[user]
+        assert all(r.user_id == user for _, r in found)
+    assert {s for s, _ in b.user_sessions("42")} == owned[42], "like every backend: str(user_id)"
+    assert b.user_sessions("nobody") == []
+
+    # the index key never expires: sessions can outlive any TTL through touches
+    node, key = b._index_locate("user-0")
+    assert bytes(node.client.raw_command(b"mg " + key.encode() + b" t")) == b"HD t-1"
+
+    # delete removes the index entry; the last one removes the index key
+    for sid in list(owned["user-1"]):
+        b.delete(sid)
+    assert b.user_sessions("user-1") == []
+    node, key = b._index_locate("user-1")
+    assert node.client.get(key) is None
+
+    # a session memcached dropped on its own (TTL, eviction) is skipped, and its entry cleaned
+    dropped = next(iter(owned["user-2"]))
+    dnode, data_key, _ = b._locate(dropped)
+    assert dnode.client.delete(data_key, noreply=False)
+    assert dropped in _index_sids(b, "user-2")
+    assert {s for s, _ in b.user_sessions("user-2")} == owned["user-2"] - {dropped}
+    assert dropped not in _index_sids(b, "user-2")
+
+    # a save binding another user indexes it there; the old user's stale entry is dropped when read
+    moved = next(iter(owned["user-3"]))
+    token = new_lock_token()
+    assert b.lock_and_load(moved, token, 30)[0]
+    assert b.save(moved, rec(user_id="user-4"), token, ttl=60)
+    assert moved in {s for s, _ in b.user_sessions("user-4")}
+    assert moved not in {s for s, _ in b.user_sessions("user-3")}
+    assert moved not in _index_sids(b, "user-3")
+
+
+def test_a_failed_create_or_save_leaves_no_index_entry(backend: MemcachedBackend) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(user_id="taken"), ttl=60)
+    assert not backend.create(sid, rec(user_id="intruder"), ttl=60)
+    assert _index_sids(backend, "intruder") == []
+    assert _index_sids(backend, "taken") == [sid]
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    backend.delete(sid)  # ended while the request held the lock
+    assert not backend.save(sid, rec(user_id="taken"), token, ttl=60)
+    assert backend.load(sid) is None
+    assert _index_sids(backend, "taken") == [], "the failed save did not re-index the ended session"
+    assert backend.lock_and_load(sid, new_lock_token(), 30)[0], "the failed save released the lock"
+
+
+def test_the_index_of_a_user_with_many_ended_sessions_is_pruned(backend: MemcachedBackend) -> None:
+    node, key = backend._index_locate("busy")
+    dead = [new_session_id() for _ in range(INDEX_PRUNE_AT)]
+    node.client.set(key, json.dumps(dead).encode(), noreply=False)  # sessions memcached dropped long ago
+    sid = new_session_id()
+    assert backend.create(sid, rec(user_id="busy"), ttl=60)
+    assert _index_sids(backend, "busy") == [sid]
+
+
+def test_gc_removes_only_expired_sessions_on_both_servers(
+    two_servers: tuple[MemcachedBackend, list[int]], key_prefix: str
+) -> None:
+    b, ports = two_servers
+    now = time.time()
+    expired: set[str] = set()
+    alive: set[str] = set()
+    for i in range(40):
+        sid = new_session_id()
+        past = i % 2 == 0
+        user = "gc-user" if i % 4 < 2 else None
+        expires = now - 10 if past else (None if i % 3 == 0 else now + 3600)
+        assert b.create(sid, rec(user_id=user, expires=expires), ttl=60)
+        (expired if past else alive).add(sid)
+    assert {_server_of(b, key_prefix + s) for s in expired} == set(ports)
+    ghost = new_session_id()  # in the index, but memcached dropped the session
+    assert b.create(ghost, rec(user_id="gc-user"), ttl=60)
+    gnode, gkey, _ = b._locate(ghost)
+    gnode.client.delete(gkey, noreply=False)
+
+    assert b.gc(now) == len(expired)
+    assert {s for s, _ in b.iter_records()} == alive
+    assert all(b.load(s) is None for s in expired)
+    index = set(_index_sids(b, "gc-user"))
+    assert index == {s for s, r in b.iter_records() if r.user_id == "gc-user"}, "pruned of expired and dropped ones"
+    assert ghost not in index
+    assert b.gc(now) == 0
+
+
+def test_gc_keeps_a_session_refreshed_while_it_ran(backend: MemcachedBackend) -> None:
+    now = time.time()
+    sid = new_session_id()
+    assert backend.create(sid, rec(expires=now - 5), ttl=60)
+    node = backend._locate(sid)[0]
+    real = node.client.gets_many
+
+    def gets_many(keys: Any, *args: Any, **kw: Any) -> Any:
+        found = real(keys, *args, **kw)
+        # a request refreshes the session between gc's read and its delete
+        backend.touch(sid, Touch(last_access=now, last_ip=None, expires=now + 3600, ttl=60))
+        return found
+
+    node.client.gets_many = gets_many
+    try:
+        assert backend.gc(now) == 0
+    finally:
+        del node.client.gets_many
+    got = backend.load(sid)
+    assert got is not None and got.expires == now + 3600
+
+
+def test_stats_sums_the_servers(two_servers: tuple[MemcachedBackend, list[int]]) -> None:
+    b, _ = two_servers
+    stats = b.stats()
+    assert set(stats) == {"evictions", "curr_items", "bytes", "limit_maxbytes"}
+    assert stats["limit_maxbytes"] == 2 * 64 * 1024 * 1024
+    per_server = b.server_stats().values()
+    assert stats["curr_items"] >= 0 and stats["bytes"] >= 0
+    assert stats["evictions"] == sum(f["evictions"] for f in per_server)
+
+
+def test_stats_reports_evictions_and_warns(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    srv = ServerProcess(  # 1 MB of memory (-I must then be at most half of it)
+        "memcached-tiny",
+        lambda port: [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "1", "-I", "512k", *user],
+        free_port(),
+    )
+    srv.start()
+    b = open_backend(f"memcached://127.0.0.1:{srv.port}", key_prefix=key_prefix)
+    assert isinstance(b, MemcachedBackend)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sessionmw"):
+            calm = b.stats()
+        assert calm["evictions"] == 0 and calm["limit_maxbytes"] == 1024 * 1024
+        assert not caplog.records
+        for _ in range(60):
+            assert b.create(new_session_id(), rec(b"x" * (100 * 1024)), ttl=60)
+        with caplog.at_level(logging.WARNING, logger="sessionmw"):
+            stats = b.stats()
+        assert stats["evictions"] > 0
+        assert stats["bytes"] <= stats["limit_maxbytes"]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "sessionmw"]
+        assert warnings and "evicted sessions are lost sessions" in warnings[0].getMessage()
+    finally:
+        b.close()
+        srv.stop()

@@ -4,6 +4,7 @@ Layout, for a session ``sid`` under key prefix ``p``::
 
     <p><sid>        the record (:func:`~sessionmw.backends.base.encode_record`)
     <p><sid>:lock   the lock: "<token> <deadline in epoch milliseconds>"
+    <p>u:<uid>      the user index: a JSON list of the sids of user ``uid`` (base64url of ``str(user_id)``)
 
 Why it is shaped so:
 
@@ -31,17 +32,35 @@ Why it is shaped so:
   taken over like any expired lock and vanishes by itself a second or two later.
 * ``touch`` rewrites the record with ``cas`` and retries on a conflict, so a read-only request never
   undoes a concurrent locked write.
+* ``save`` writes the record with ``replace``, which memcached stores only if the key exists: a session
+  ended while a request held its lock (administrator, gc) is never resurrected, at no extra round trip.
+* Administration: memcached cannot list keys with ordinary commands, so
+  :meth:`MemcachedBackend.iter_records` and :meth:`~MemcachedBackend.gc` read ``lru_crawler metadump
+  hash`` (memcached >= 1.6.9; on 1.4.31 to 1.6.8 ``metadump all``, which may miss items moving between
+  LRUs during the dump) from every server on a connection of their own, keep the keys under the prefix,
+  and fetch records with ``get_many``. :meth:`~MemcachedBackend.user_sessions` reads the user index
+  instead (one key per user, on the server rendezvous hashing picks for that key, updated with
+  ``gets``/``cas`` loops), so it costs in proportion to that user's sessions. Index keys never expire
+  (sessions can outlive any TTL we would give them through touches); entries of sessions memcached
+  dropped are cleaned when read, and by gc. Memcached may evict an index key like any item: watch
+  ``evictions`` (:meth:`~MemcachedBackend.stats`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import logging
 import math
+import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from pymemcache.client.base import PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
@@ -57,6 +76,8 @@ from ._url import BackendURL, positive_float, positive_int
 from .base import Record, Touch, decode_record, encode_record
 
 __all__ = ["MemcachedBackend", "exptime"]
+
+logger = logging.getLogger("sessionmw")
 
 DEFAULT_PORT = 11211
 #: memcached's default item size limit (``-I``), used when ``stats settings`` does not tell.
@@ -74,6 +95,20 @@ LOCK_SUFFIX = ":lock"
 RELEASED_MARKER = b"- 0"
 TOUCH_ATTEMPTS = 5
 LOCK_ATTEMPTS = 3
+#: What follows the key prefix in a user index key.
+INDEX_INFIX = "u:"
+#: Attempts of one ``gets``/``cas`` update of a user index before giving up.
+INDEX_ATTEMPTS = 20
+#: A user index this long is pruned of ended sessions before it grows further (and again at each multiple).
+INDEX_PRUNE_AT = 256
+#: Keys per ``get_many`` when fetching many records.
+FETCH_BATCH = 100
+#: Bytes per ``recv`` of a metadump.
+DUMP_RECV_SIZE = 256 * 1024
+#: Seconds to keep retrying a metadump while another crawl runs on the server (it answers ``BUSY``).
+DUMP_BUSY_WAIT = 30.0
+#: Figures of ``stats`` that :meth:`MemcachedBackend.stats` sums over the servers.
+SUMMED_FIGURES = ("evictions", "curr_items", "bytes", "limit_maxbytes")
 #: Figures of ``stats`` that :meth:`MemcachedBackend.server_stats` reports.
 STATS_FIGURES = (
     "evictions",
@@ -131,6 +166,32 @@ def _decode(blob: Any) -> Record | None:
         return None  # not ours, or damaged: no session
 
 
+def _parse_index(value: Any) -> list[str]:
+    """Return the sids in a user index value; anything unreadable (a released marker) is empty."""
+    if value is None:
+        return []
+    try:
+        sids = json.loads(bytes(value))
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(sids, list):
+        return []
+    return [sid for sid in sids if isinstance(sid, str)]
+
+
+def _encode_index(sids: Iterable[str]) -> bytes:
+    return json.dumps(list(sids), separators=(",", ":")).encode("ascii")
+
+
+def _same_user(a: str | int | None, b: str | int) -> bool:
+    return a is not None and (a == b or str(a) == str(b))
+
+
+def _batches(items: list[str], size: int = FETCH_BATCH) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _check_key_prefix(key_prefix: str) -> None:
     try:
         raw = key_prefix.encode("ascii")
@@ -162,12 +223,20 @@ def _node_name(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _DumpRefused(Exception):
+    """The server answered ``lru_crawler metadump`` with an error line."""
+
+
 @dataclass
 class _Node:
     """One memcached server and what we learned about it."""
 
     name: str
     client: Any  # PooledClient: pymemcache is untyped
+    #: ``(host, port)``, for the metadump connection.
+    address: tuple[str, int] = ("", 0)
+    #: Whether the server lacks ``lru_crawler metadump hash`` (memcached < 1.6.9), learned on first dump.
+    dump_all: bool = False
     #: ``stats settings`` item_size_max, read on first write.
     item_size_max: int | None = None
     #: Whether the server knows the meta delete command (memcached >= 1.6), read on first release.
@@ -212,7 +281,7 @@ class MemcachedBackend:
                 no_delay=True,
                 default_noreply=False,
             )
-            self._nodes[node] = _Node(node, client)
+            self._nodes[node] = _Node(node, client, (host, port))
         self.name = name or "memcached://" + ",".join(self._nodes)
         self._only: _Node | None = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
         self._ring = RendezvousHash(nodes=list(self._nodes))
@@ -369,23 +438,50 @@ class MemcachedBackend:
         node, data_key, _ = self._locate(sid)
         blob = encode_record(record)
         self._check_size(node, data_key, blob)
+        # Index first: a session must never exist unindexed (terminate_user would miss it).
+        added = record.user_id is not None and self._index_add(record.user_id, sid)
         stored = self._run(node, node.client.add, data_key, blob, expire=exptime(ttl), noreply=False, size=len(blob))
+        if not stored and added:
+            assert record.user_id is not None
+            self._index_remove(record.user_id, [sid], quiet=True)
         return bool(stored)
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
-        """Store ``record`` and release the lock, only if ``token`` still holds the lock.
+        """Store ``record`` and release the lock, only if ``token`` still holds the lock and the session exists.
+
+        A session deleted while the lock was held (terminated, gc) is not written again: ``False``, and
+        the lock is released.
 
         A record too large for the server raises :class:`~sessionmw.errors.RecordTooLarge` after
         releasing the lock (the caller no longer holds it once it has called ``save``).
         """
         node, data_key, lock_key = self._locate(sid)
-        client = node.client
         blob = encode_record(record)
         try:
             self._check_size(node, data_key, blob)
         except RecordTooLarge:
             self._unlock_quietly(node, lock_key, token)
             raise
+        # Index first (before the lock checks, so the fencing margin covers only the write itself): a
+        # session must never exist unindexed. An entry added for nothing is taken back.
+        added = False
+        if record.user_id is not None:
+            try:
+                added = self._index_add(record.user_id, sid)
+            except BaseException:
+                self._unlock_quietly(node, lock_key, token)
+                raise
+        stored = self._write_locked(node, data_key, lock_key, blob, token, ttl)
+        if not stored and added:
+            assert record.user_id is not None
+            self._index_remove(record.user_id, [sid], quiet=True)
+        return stored
+
+    def _write_locked(
+        self, node: _Node, data_key: str, lock_key: str, blob: bytes, token: str, ttl: float | None
+    ) -> bool:
+        """The fenced write of :meth:`save`: ``replace`` the record if ``token`` holds the lock, then release it."""
+        client = node.client
         current, cas = self._run(node, client.gets, lock_key)
         if current is None:
             return False
@@ -403,12 +499,13 @@ class MemcachedBackend:
             if current is None or _parse_lock(current)[0] != token:
                 return False
         try:
-            self._run(node, client.set, data_key, blob, expire=exptime(ttl), noreply=False, size=len(blob))
+            # replace stores only if the record still exists: an ended session is never resurrected.
+            stored = self._run(node, client.replace, data_key, blob, expire=exptime(ttl), noreply=False, size=len(blob))
         except BaseException:
             self._unlock_quietly(node, lock_key, token)
             raise
-        self._checked_delete(node, lock_key, cas)
-        return True
+        self._checked_delete(node, lock_key, cas)  # released whether or not the record was written
+        return bool(stored)
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
@@ -447,15 +544,287 @@ class MemcachedBackend:
         # Lost every race: others are writing this session right now, with a fresher last access.
 
     def delete(self, sid: str) -> None:
-        """Remove the session's data (not its lock); a missing session is not an error."""
+        """Remove the session's data (not its lock) and its user index entry; a missing session is not an error."""
         node, data_key, _ = self._locate(sid)
+        old = _decode(self._run(node, node.client.get, data_key))
         self._run(node, node.client.delete, data_key, noreply=False)
+        if old is not None and old.user_id is not None:
+            self._index_remove(old.user_id, [sid], quiet=True)
 
     def close(self) -> None:
         """Close every connection (the backend reconnects if used again)."""
         _close_clients([node.client for node in self._nodes.values()])
 
+    # -- the user index ------------------------------------------------------------------------
+
+    def _index_locate(self, user_id: str | int) -> tuple[_Node, str]:
+        """Return the server and key of ``user_id``'s index (base64url of ``str(user_id)``, or its hash)."""
+        raw = str(user_id).encode("utf-8")
+        key = self.key_prefix + INDEX_INFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        if len(key) > MAX_KEY_LENGTH:  # "~" is not in base64url: no clash with a short id's key
+            key = self.key_prefix + INDEX_INFIX + "~" + hashlib.sha256(raw).hexdigest()
+        return self._node_for(key), key
+
+    def _index_update(self, node: _Node, key: str, change: Callable[[list[str]], list[str]], quiet: bool) -> bool:
+        """Apply ``change`` to the index at ``key`` with ``gets``/``cas`` (``add`` when missing); retry on races.
+
+        Returns whether the stored list changed. Gives up after :data:`INDEX_ATTEMPTS` lost races: quietly
+        when ``quiet`` (a stale entry is harmless), else with :class:`~sessionmw.errors.BackendUnavailable`.
+        """
+        client = node.client
+        try:
+            for _ in range(INDEX_ATTEMPTS):
+                value, cas = self._run(node, client.gets, key)
+                sids = _parse_index(value)
+                new = change(sids)
+                if new == sids:
+                    return False
+                if value is None:
+                    blob = _encode_index(new)
+                    if self._run(node, client.add, key, blob, expire=0, noreply=False, size=len(blob)):
+                        return True
+                elif not new:
+                    if self._checked_delete(node, key, cas):
+                        return True
+                else:
+                    blob = _encode_index(new)
+                    if self._run(node, client.cas, key, blob, cas, expire=0, noreply=False, size=len(blob)):
+                        return True
+        except Exception:
+            if quiet:
+                return False
+            raise
+        if quiet:
+            return False
+        raise BackendUnavailable(
+            f"memcached backend {self.name} is unavailable: could not update the user index {key!r} "
+            f"after {INDEX_ATTEMPTS} concurrent changes",
+            backend=self.name,
+        )
+
+    def _index_add(self, user_id: str | int, sid: str) -> bool:
+        """Add ``sid`` to ``user_id``'s index; return whether it was not there yet."""
+        node, key = self._index_locate(user_id)
+        if sid in _parse_index(self._run(node, node.client.get, key)):
+            return False  # the usual case on save: one read, no write
+
+        def add(sids: list[str]) -> list[str]:
+            if sid in sids:
+                return sids
+            if len(sids) >= INDEX_PRUNE_AT and len(sids) % INDEX_PRUNE_AT == 0:
+                live = self._fetch(sids)
+                sids = [s for s in sids if _same_user(getattr(live.get(s), "user_id", None), user_id)]
+            return [*sids, sid]
+
+        return self._index_update(node, key, add, quiet=False)
+
+    def _index_remove(self, user_id: str | int, gone: Iterable[str], *, quiet: bool) -> None:
+        """Remove the sids in ``gone`` from ``user_id``'s index (deleting the key when it empties)."""
+        drop = set(gone)
+        if drop:
+            node, key = self._index_locate(user_id)
+            self._index_update(node, key, lambda sids: [s for s in sids if s not in drop], quiet)
+
+    def _fetch(self, sids: Iterable[str]) -> dict[str, Record]:
+        """Return the live records of ``sids``, with one ``get_many`` per server and batch."""
+        per_node: dict[str, list[str]] = {}
+        for sid in dict.fromkeys(sids):
+            per_node.setdefault(self._node_for(self.key_prefix + sid).name, []).append(sid)
+        found: dict[str, Record] = {}
+        n = len(self.key_prefix)
+        for name, node_sids in per_node.items():
+            node = self._nodes[name]
+            for batch in _batches(node_sids):
+                blobs = self._run(node, node.client.get_many, [self.key_prefix + sid for sid in batch])
+                for key, blob in blobs.items():
+                    record = _decode(blob)
+                    if record is not None:
+                        found[(key.decode("ascii") if isinstance(key, bytes) else key)[n:]] = record
+        return found
+
+    # -- enumeration: lru_crawler metadump -----------------------------------------------------
+
+    def _read_dump(self, node: _Node, mode: bytes, prefix: bytes) -> list[bytes] | None:
+        """Run ``lru_crawler metadump <mode>`` once; return the URL-decoded keys starting with ``prefix``.
+
+        Returns ``None`` when the server is busy with another crawl, raises :class:`_DumpRefused` when
+        it refuses the command. Runs on a connection of its own: memcached refuses other commands
+        pipelined with a metadump, and the dump can be far larger than one answer pymemcache reads.
+        """
+        try:
+            sock = socket.create_connection(node.address, timeout=self.connect_timeout)
+        except OSError as exc:
+            raise self._unavailable(node, exc) from exc
+        keys: list[bytes] = []
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout)
+            sock.sendall(b"lru_crawler metadump " + mode + b"\r\n")
+            rest = b""
+            while True:
+                chunk = sock.recv(DUMP_RECV_SIZE)
+                if not chunk:
+                    raise MemcacheUnexpectedCloseError()
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()  # an incomplete line, or b"" after a complete one
+                for line in lines:
+                    if line.startswith(b"key="):
+                        end = line.find(b" ")
+                        key = unquote_to_bytes(line[4 : end if end >= 0 else len(line)])
+                        if key.startswith(prefix):
+                            keys.append(key)
+                        continue
+                    line = line.rstrip(b"\r")
+                    if line == b"END":
+                        return keys
+                    if line.startswith(b"BUSY"):
+                        return None
+                    if line:
+                        raise _DumpRefused(line.decode("ascii", "replace"))
+        except (OSError, MemcacheUnexpectedCloseError) as exc:
+            raise self._unavailable(node, exc) from exc
+        finally:
+            sock.close()
+
+    def _metadump(self, node: _Node, prefix: bytes) -> list[bytes]:
+        """Return the keys starting with ``prefix`` on ``node``, as the LRU crawler lists them.
+
+        Uses ``metadump hash`` (memcached >= 1.6.9), which walks the hash table and so sees every item;
+        older servers get ``metadump all``, which walks the LRUs and may miss items moving between them
+        during the dump. Waits out ``BUSY`` answers while another crawl runs.
+        """
+        busy_until = time.monotonic() + DUMP_BUSY_WAIT
+        pause = 0.05
+        while True:
+            mode = b"all" if node.dump_all else b"hash"
+            try:
+                keys = self._read_dump(node, mode, prefix)
+            except _DumpRefused as exc:
+                if mode == b"hash":
+                    node.dump_all = True  # memcached < 1.6.9: fall back to walking the LRUs
+                    continue
+                detail = (
+                    f"lru_crawler metadump failed ({exc.args[0]}); listing sessions needs memcached 1.4.31 or "
+                    "later with its LRU crawler enabled and metadump allowed (no -X)"
+                )
+                raise self._unavailable(node, MemcacheUnknownError(detail)) from None
+            if keys is not None:
+                return keys
+            if time.monotonic() >= busy_until:
+                busy = MemcacheUnknownError(f"lru_crawler metadump: the crawler stayed busy for {DUMP_BUSY_WAIT:g} s")
+                raise self._unavailable(node, busy)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def _dump_keys(self, node: _Node) -> tuple[list[str], list[str]]:
+        """Return ``(sids, index keys)`` under this backend's prefix that ``node`` holds and owns."""
+        prefix = self.key_prefix.encode("ascii")
+        index_head = prefix + INDEX_INFIX.encode("ascii")
+        lock = LOCK_SUFFIX.encode("ascii")
+        n = len(prefix)
+        sids: list[str] = []
+        index_keys: list[str] = []
+        for raw in self._metadump(node, prefix):
+            if raw.endswith(lock) or len(raw) == n:
+                continue
+            try:
+                key = raw.decode("ascii")
+            except UnicodeDecodeError:
+                continue  # not one of our keys
+            if self._node_for(key) is not node:
+                continue  # left over from another server list: this backend never reads it there
+            if raw.startswith(index_head):
+                index_keys.append(key)
+            elif ":" not in key[n:]:  # session ids have no ":"; keys of a longer prefix ("<p>other:") do
+                sids.append(key[n:])
+        return sids, index_keys
+
     # -- administration ------------------------------------------------------------------------
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under the key prefix, server by server."""
+        n = len(self.key_prefix)
+        for node in self._nodes.values():
+            sids, _ = self._dump_keys(node)
+            for batch in _batches(sids):
+                blobs = self._run(node, node.client.get_many, [self.key_prefix + sid for sid in batch])
+                for key, blob in blobs.items():
+                    record = _decode(blob)
+                    if record is not None:
+                        yield (key.decode("ascii") if isinstance(key, bytes) else key)[n:], record
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return ``(sid, record)`` for every live session of ``user_id``, from its index; cleans stale entries."""
+        node, key = self._index_locate(user_id)
+        sids = _parse_index(self._run(node, node.client.get, key))
+        if not sids:
+            return []
+        records = self._fetch(sids)
+        found = [(sid, records[sid]) for sid in sids if sid in records and _same_user(records[sid].user_id, user_id)]
+        if len(found) < len(sids):
+            live = {sid for sid, _ in found}
+            self._index_remove(user_id, [sid for sid in sids if sid not in live], quiet=True)
+        return found
+
+    def gc(self, now: float) -> int:
+        """Remove sessions whose ``expires`` is before ``now`` and prune the user indexes; return how many.
+
+        memcached drops sessions past their TTL by itself; each removal is a compare-and-delete, so a
+        session refreshed meanwhile by a request is kept.
+        """
+        removed = 0
+        index_keys: list[tuple[_Node, str]] = []
+        for node in self._nodes.values():
+            sids, node_index_keys = self._dump_keys(node)
+            index_keys.extend((node, key) for key in node_index_keys)
+            for batch in _batches(sids):
+                found = self._run(node, node.client.gets_many, [self.key_prefix + sid for sid in batch])
+                for key, (blob, cas) in found.items():
+                    record = _decode(blob)
+                    if record is None or record.expires is None or record.expires >= now:
+                        continue
+                    data_key = key.decode("ascii") if isinstance(key, bytes) else key
+                    if self._checked_delete(node, data_key, cas):
+                        removed += 1
+        for node, key in index_keys:
+            self._prune_index(node, key)
+        return removed
+
+    def _prune_index(self, node: _Node, key: str) -> None:
+        """Drop the entries of ``key``'s index whose session is gone or now someone else's."""
+        sids = _parse_index(self._run(node, node.client.get, key))
+        if not sids:
+            return
+        encoded = key[len(self.key_prefix) + len(INDEX_INFIX) :]
+        user: str | None = None  # a hashed (very long) user id: keep the entries whose session is alive
+        if not encoded.startswith("~"):
+            try:
+                user = base64.urlsafe_b64decode(encoded + "==").decode("utf-8")
+            except ValueError:
+                user = None
+        records = self._fetch(sids)
+        drop = {sid for sid in sids if sid not in records or (user is not None and str(records[sid].user_id) != user)}
+        if drop:
+            self._index_update(node, key, lambda current: [s for s in current if s not in drop], True)
+
+    def stats(self) -> dict[str, float]:
+        """Return memcached's ``evictions``, ``curr_items``, ``bytes`` and ``limit_maxbytes``, summed over servers.
+
+        Logs a warning when ``evictions`` is above zero: memcached dropped items to make room, and an
+        evicted session is a lost session (a logged-out user).
+        """
+        totals: dict[str, float] = dict.fromkeys(SUMMED_FIGURES, 0.0)
+        for figures in self.server_stats().values():
+            for name in SUMMED_FIGURES:
+                totals[name] += figures.get(name, 0)
+        if totals["evictions"] > 0:
+            logger.warning(
+                "memcached backend %s: %d items were evicted to make room; evicted sessions are lost sessions "
+                "(give memcached more memory: -m)",
+                self.name,
+                int(totals["evictions"]),
+            )
+        return totals
 
     def server_stats(self) -> dict[str, dict[str, int]]:
         """Return, per server (``host:port``), the ``stats`` figures an operator watches.
