@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
+from sessionmw.backends import sql as sqlmod
 from sessionmw.backends.sql import SQLBackend
 from sessionmw.cookies import new_session_id
 from sessionmw.errors import BackendUnavailable, ConfigError
@@ -275,7 +277,7 @@ def test_create_tables_is_idempotent(url: str, key_prefix: str) -> None:
         assert b.load(sid) is not None, "create_tables must not empty the table"
         insp = sa.inspect(b.engine)
         indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes(b.table.name)}
-        assert ("expires",) in indexed and ("user_id",) in indexed
+        assert ("expires",) in indexed and ("user_id",) in indexed and ("ttl_until",) in indexed
     finally:
         b.close()
 
@@ -311,6 +313,186 @@ def test_async_backend_is_the_threaded_wrapper(url: str, key_prefix: str) -> Non
     ab = open_async_backend(url, key_prefix=key_prefix)
     assert not isinstance(ab, SQLBackend)
     assert isinstance(getattr(ab, "sync", None), SQLBackend)
+
+
+# -- administration ------------------------------------------------------------------------------
+
+
+def test_user_sessions_reads_the_user_id_column_under_the_prefix(url: str) -> None:
+    mine = sql(open_backend(url, key_prefix="a_b%:"))
+    other = sql(open_backend(url, key_prefix="aXbY:"))
+    upper = sql(open_backend(url, key_prefix="A_B%:"))
+    try:
+        a1, a2, typed, cased, anon, dying = (new_session_id() for _ in range(6))
+        long_a, long_b = new_session_id(), new_session_id()
+        assert mine.create(a1, rec(user_id="alice"), ttl=60)
+        assert mine.create(a2, rec(user_id="alice"), ttl=None)
+        assert mine.create(typed, rec(user_id=42), ttl=60)
+        assert mine.create(cased, rec(user_id="Alice"), ttl=60)
+        assert mine.create(anon, rec(), ttl=60)
+        assert mine.create(dying, rec(user_id="alice"), ttl=0.2)
+        assert mine.create(long_a, rec(user_id="x" * 300), ttl=60)  # the column keeps 255 characters
+        assert mine.create(long_b, rec(user_id="x" * 299 + "y"), ttl=60)
+        for neighbour in (other, upper):
+            assert neighbour.create(new_session_id(), rec(user_id="alice"), ttl=60)
+        time.sleep(0.4)
+        found = mine.user_sessions("alice")
+        assert sorted(s for s, _ in found) == sorted([a1, a2]), "other prefixes and dead rows are left out"
+        assert all(r.user_id == "alice" and r.data == b'{"a":1}' for _, r in found)
+        assert [(s, r.user_id) for s, r in mine.user_sessions(42)] == [(typed, 42)], "the typed id survives"
+        assert [s for s, _ in mine.user_sessions("42")] == [typed]
+        assert [s for s, _ in mine.user_sessions("Alice")] == [cased], "user ids are case-sensitive"
+        assert [s for s, _ in mine.user_sessions("x" * 300)] == [long_a]
+        assert mine.user_sessions("nobody") == []
+        assert [s for s, _ in other.user_sessions("alice")] != [] and len(upper.user_sessions("alice")) == 1
+    finally:
+        mine.close()
+        other.close()
+        upper.close()
+
+
+def test_gc_deletes_only_expired_rows_of_its_prefix(url: str) -> None:
+    mine = sql(open_backend(url, key_prefix="a_b%:"))
+    other = sql(open_backend(url, key_prefix="aXbY:"))
+    upper = sql(open_backend(url, key_prefix="A_B%:"))
+    try:
+        now = time.time()
+        live, forever, past, ttl_dead, revived, boundary = (new_session_id() for _ in range(6))
+        assert mine.create(live, rec(user_id="u", expires=now + 3600), ttl=3700)
+        assert mine.create(forever, rec(expires=None), ttl=None)
+        assert mine.create(past, rec(user_id="u", expires=now - 10), ttl=3600)
+        assert mine.create(ttl_dead, rec(expires=None), ttl=0.2)
+        assert mine.create(revived, rec(expires=now - 10), ttl=3600)
+        mine.touch(revived, Touch(now, None, now + 3600, 3700))  # the columns a touch writes decide
+        assert mine.create(boundary, rec(expires=now + 1), ttl=3600)
+        for neighbour in (other, upper):
+            assert neighbour.create(new_session_id(), rec(expires=now - 10), ttl=3600)
+        time.sleep(0.4)
+        assert mine.gc(now + 1) == 2, "expires < now or ttl_until <= now, nothing else"
+        assert mine.gc(now + 1) == 0
+        assert sorted(s for s, _ in mine.iter_records()) == sorted([live, forever, revived, boundary])
+        assert mine.user_sessions("u") == [(live, mine.load(live))]
+        assert mine.gc(now + 1.001) == 1  # boundary is past its expiry now
+        for neighbour in (other, upper):
+            assert neighbour.stats()["rows"] == 1, "another prefix's rows are not touched"
+            assert neighbour.gc(time.time()) == 1
+    finally:
+        mine.close()
+        other.close()
+        upper.close()
+
+
+def test_gc_of_a_locked_session_is_not_undone_by_its_save(backend: SQLBackend) -> None:
+    sid = new_session_id()
+    assert backend.create(sid, rec(b'{"v":0}', expires=time.time() - 1), ttl=60)
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    assert backend.gc(time.time()) == 1
+    assert not backend.save(sid, rec(b'{"v":1}', expires=time.time() + 60), token, ttl=60)
+    assert backend.load(sid) is None
+    assert backend.lock_and_load(sid, new_lock_token(), 30) == (True, None)
+
+
+def test_stats_counts_rows_and_what_gc_would_remove(url: str, key_prefix: str) -> None:
+    b = sql(open_backend(url, key_prefix=key_prefix))
+    neighbour = sql(open_backend(url, key_prefix="n" + key_prefix))
+    try:
+        assert b.stats() == {"rows": 0.0, "expired_rows": 0.0}
+        now = time.time()
+        for i in range(5):
+            assert b.create(new_session_id(), rec(user_id=f"u{i % 2}", expires=now + (3600 if i < 3 else -10)), 60)
+        assert neighbour.create(new_session_id(), rec(expires=now - 10), 60)
+        assert b.stats() == {"rows": 5.0, "expired_rows": 2.0}
+        assert neighbour.stats() == {"rows": 1.0, "expired_rows": 1.0}
+        with SessionStore(url, key_prefix="n" + key_prefix) as store:
+            assert store.gc() == 1
+        figures = SessionStore(b, key_prefix=key_prefix).stats()
+        assert figures["sessions"] == 3 and figures["users"] == 2
+        assert figures["rows"] == 5 and figures["expired_rows"] == 2
+    finally:
+        b.close()
+        neighbour.close()
+
+
+def test_iter_records_pages_through_the_prefix_only(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlmod, "_PAGE", 3)
+    mine = sql(open_backend(url, key_prefix="pé:"))
+    neighbours = [sql(open_backend(url, key_prefix=p)) for p in ("pd:", "pf:", "PÉ:", "p:")]
+    try:
+        sids = sorted(new_session_id() for _ in range(7))
+        for sid in sids:
+            assert mine.create(sid, rec(), ttl=60)
+        for n in neighbours:
+            for _ in range(4):
+                assert n.create(new_session_id(), rec(), ttl=60)
+        assert [s for s, _ in mine.iter_records()] == sids
+        assert SessionStore(mine, key_prefix="pé:").count() == 7
+    finally:
+        mine.close()
+        for n in neighbours:
+            n.close()
+
+
+def test_create_tables_adds_the_ttl_until_index_to_an_older_table(url: str, key_prefix: str) -> None:
+    b = sql(open_backend(url, key_prefix=key_prefix))
+    try:
+        b.create_tables()
+        sid = new_session_id()
+        assert b.create(sid, rec(), ttl=60)
+        name = f"ix_{b.table.name}_ttl_until"
+        with b.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP INDEX {name} ON {b.table.name}" if "mysql" in url else f"DROP INDEX {name}"))
+        assert ("ttl_until",) not in {
+            tuple(ix["column_names"]) for ix in sa.inspect(b.engine).get_indexes(b.table.name)
+        }
+    finally:
+        b.close()
+    again = sql(open_backend(url, key_prefix=key_prefix))
+    try:
+        again.create_tables()
+        indexes = {
+            ix["name"]: tuple(ix["column_names"]) for ix in sa.inspect(again.engine).get_indexes(again.table.name)
+        }
+        assert indexes.get(name) == ("ttl_until",)
+        assert again.load(sid) is not None
+    finally:
+        again.close()
+
+
+def test_gc_and_user_sessions_use_their_indexes_on_sqlite(tmp_path: Path) -> None:
+    b = sql(open_backend(f"sqlite:///{tmp_path}/plan.db", key_prefix="site:"))
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        now = time.time()
+        for i in range(50):
+            assert b.create(new_session_id(), rec(user_id=f"u{i % 5}", expires=now + 3600), ttl=60)
+        sa.event.listen(b.engine, "before_cursor_execute", capture)
+        b.gc(now)
+        b.user_sessions("u1")
+        sa.event.remove(b.engine, "before_cursor_execute", capture)
+        gc_sql = next((st, p) for st, p in statements if st.lstrip().upper().startswith("DELETE"))
+        user_sql = next((st, p) for st, p in statements if "user_id =" in st)
+        with b.engine.connect() as conn:
+            gc_plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + gc_sql[0], gc_sql[1]))
+            user_plan = " ".join(
+                str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + user_sql[0], user_sql[1])
+            )
+        assert "ix_sessmw_sessions_expires" in gc_plan and "ix_sessmw_sessions_ttl_until" in gc_plan, gc_plan
+        assert "ix_sessmw_sessions_user_id" in user_plan, user_plan
+    finally:
+        b.close()
+
+
+def test_successor_bounds_every_string_with_the_prefix() -> None:
+    assert sqlmod._successor("ab") == "ac"
+    assert sqlmod._successor("a\U0010ffff") == "b"
+    assert sqlmod._successor("\U0010ffff") is None
+    assert sqlmod._successor("a\ud7ff") == "a\ue000"
+    assert sqlmod._successor("") is None
 
 
 # -- configuration -------------------------------------------------------------------------------

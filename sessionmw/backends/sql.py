@@ -25,16 +25,22 @@ How it works, and why:
 * Times are wall-clock epoch seconds (``time.time()``), comparable across processes and hosts.
 * Every call is one short transaction (``engine.begin()``); nothing is held open between calls.
 * ``ttl_until`` is the TTL safety net: a row past it loads as missing and may be re-created.
+* Administration (:class:`~sessionmw.backends.base.AdminBackend`): ``user_sessions`` reads the indexed
+  ``user_id`` column, ``gc`` is one ``DELETE`` over the indexed ``expires`` and ``ttl_until`` columns,
+  and ``iter_records`` pages through the primary key (keyset pagination, one short transaction a page).
+  Rows are matched to the key prefix exactly on every database (SQLite's ``LIKE`` ignores ASCII case),
+  and so that the planner picks the index that matters (see :meth:`SQLBackend._prefix_match`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -107,11 +113,25 @@ _EXTRA = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}\Z")
 _SID_LEN = 128
 _MAX_PREFIX = 64
-_PAGE = 500
+#: Rows per page of :meth:`SQLBackend.iter_records` (one short transaction each).
+_PAGE = 1000
+_MAX_CHAR = 0x10FFFF
 
 
 def _clip(value: str | None, size: int) -> str | None:
     return None if value is None else value[:size]
+
+
+def _successor(prefix: str) -> str | None:
+    """Return the least string above every string starting with ``prefix`` in code point order, if any."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000  # surrogates cannot be stored: skip them
+        if code <= _MAX_CHAR:
+            return "".join(chars) + chr(code)
+    return None
 
 
 def make_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
@@ -137,8 +157,8 @@ def make_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
         sa.Column("idle_timeout", sa.Double, nullable=True),
         # the core's expiry, for gc
         sa.Column("expires", sa.Double, nullable=True, index=True),
-        # the TTL safety net: a row past it loads as missing
-        sa.Column("ttl_until", sa.Double, nullable=True),
+        # the TTL safety net: a row past it loads as missing (indexed for gc)
+        sa.Column("ttl_until", sa.Double, nullable=True, index=True),
         # the encoded Record (LargeBinary is only 64 KiB on MySQL)
         sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=True),
         sa.Column("lock_token", sa.String(64), nullable=True),
@@ -205,21 +225,30 @@ class SQLBackend:
         return BackendUnavailable(f"SQL backend {self.name} is unavailable: {text}", backend=self.name)
 
     def create_tables(self) -> None:
-        """Create the sessions table and its indexes if they do not exist (idempotent)."""
+        """Create the sessions table and any of its indexes that are missing (idempotent, safe to race)."""
         try:
             with self.engine.connect() as conn:
-                try:
-                    with conn.begin():
-                        self.metadata.create_all(conn, checkfirst=True)
-                except sa_exc.DBAPIError:
-                    if conn.invalidated:
-                        raise
-                    # Another process may have created it between our check and our CREATE: check again.
-                    with conn.begin():
-                        self.metadata.create_all(conn, checkfirst=True)
+                self._create_once(conn, lambda c: self.metadata.create_all(c, checkfirst=True))
+                # Each index on its own: a table made by an older version (without the ttl_until index
+                # gc needs), or left half-made by a process that lost a race, gets what it lacks.
+                for index in sorted(self.table.indexes, key=lambda ix: str(ix.name)):
+                    self._create_once(conn, functools.partial(index.create, checkfirst=True))
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         self._ready = True
+
+    @staticmethod
+    def _create_once(conn: Connection, make: Callable[[Connection], None]) -> None:
+        """Run one check-then-create step in its own transaction, checking again if another process won."""
+        for attempt in range(3):
+            try:
+                with conn.begin():
+                    make(conn)
+                return
+            except sa_exc.DBAPIError:
+                # Another process created it between our check and our CREATE: check again.
+                if conn.invalidated or attempt == 2:
+                    raise
 
     def _ensure_tables(self) -> None:
         if self._ready:
@@ -248,6 +277,40 @@ class SQLBackend:
     def _live(self, now: float) -> sa.ColumnElement[bool]:
         t = self.table
         return sa.and_(t.c.data.is_not(None), sa.or_(t.c.ttl_until.is_(None), t.c.ttl_until > now))
+
+    def _prefix_range(self) -> sa.ColumnElement[bool]:
+        """Match exactly the rows under this key prefix, as a range of the primary key where it can be one.
+
+        For scans in ``sid`` order (:meth:`iter_records`). SQLite's ``LIKE`` ignores ASCII case and never
+        uses the index, but under its default BINARY collation (UTF-8 bytes, so code point order) the
+        rows of a prefix are exactly those from the prefix up to its successor. PostgreSQL's ``LIKE`` is
+        case-sensitive; on MySQL/MariaDB the ``sid`` column is ``utf8mb4_bin``, and ``LIKE 'p%'`` a range.
+        """
+        t = self.table
+        prefix = self.key_prefix
+        if not prefix:
+            return sa.true()
+        if self.engine.dialect.name == "sqlite":
+            upper = _successor(prefix)
+            return sa.and_(t.c.sid >= prefix, t.c.sid < upper) if upper is not None else t.c.sid >= prefix
+        return t.c.sid.startswith(prefix, autoescape=True)
+
+    def _prefix_match(self) -> sa.ColumnElement[bool]:
+        """Match exactly the rows under this key prefix, without offering the planner the primary key.
+
+        For gc, per-user look-ups and counts, whose useful indexes are ``expires``/``ttl_until`` and
+        ``user_id``: a range of the primary key (which, with one site per table, spans the whole table)
+        would tempt SQLite into scanning every row. ``substr(...) =`` is exact on all three databases.
+        """
+        prefix = self.key_prefix
+        if not prefix:
+            return sa.true()
+        return sa.func.substr(self.table.c.sid, 1, len(prefix)) == prefix
+
+    def _dead(self, now: float) -> sa.ColumnElement[bool]:
+        """Rows gc removes: past the core's expiry or past their TTL."""
+        t = self.table
+        return sa.or_(t.c.expires < now, t.c.ttl_until <= now)
 
     def _holds(self, key: str, token: str, now: float) -> sa.ColumnElement[bool]:
         t = self.table
@@ -396,15 +459,17 @@ class SQLBackend:
     # -- administration ------------------------------------------------------------------------
 
     def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(sid, record)`` for every live session under this key prefix, a page per transaction."""
+        """Yield ``(sid, record)`` for every live session under this key prefix, a page per transaction.
+
+        Keyset pagination over the primary key (``sid > last ORDER BY sid LIMIT n``): each page costs the
+        same however far the scan has gone, and no transaction stays open while the caller works.
+        """
         t = self.table
         n = len(self.key_prefix)
         last: str | None = None
         while True:
             now = time.time()
-            query = sa.select(t.c.sid, *self._record_cols).where(
-                t.c.sid.startswith(self.key_prefix, autoescape=True), self._live(now)
-            )
+            query = sa.select(t.c.sid, *self._record_cols).where(self._prefix_range(), self._live(now))
             if last is not None:
                 query = query.where(t.c.sid > last)
             with self._begin() as conn:
@@ -412,12 +477,49 @@ class SQLBackend:
             for row in rows:
                 key: str = row["sid"]
                 record = self._to_record(row, now)
-                # SQLite's LIKE ignores ASCII case: check the prefix here too
                 if record is not None and key.startswith(self.key_prefix):
                     yield key[n:], record
             if len(rows) < _PAGE:
                 return
             last = rows[-1]["sid"]
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return ``(sid, record)`` for every live session bound to ``user_id`` (via the ``user_id`` index)."""
+        t = self.table
+        n = len(self.key_prefix)
+        wanted = str(user_id)
+        now = time.time()
+        query = sa.select(t.c.sid, *self._record_cols).where(
+            t.c.user_id == wanted[:255], self._prefix_match(), self._live(now)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(query.order_by(t.c.sid)).mappings().all()
+        found: list[tuple[str, Record]] = []
+        for row in rows:
+            key: str = row["sid"]
+            record = self._to_record(row, now)
+            # The column holds 255 characters and may compare case-insensitively (MySQL's default
+            # collation): the typed id in the record decides.
+            if record is None or not key.startswith(self.key_prefix) or str(record.user_id) != wanted:
+                continue
+            found.append((key[n:], record))
+        return found
+
+    def gc(self, now: float) -> int:
+        """Delete the rows under this prefix past their expiry or TTL in one statement; return how many."""
+        stmt = sa.delete(self.table).where(self._prefix_match(), self._dead(now))
+        with self._begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def stats(self) -> dict[str, float]:
+        """Return ``rows`` (rows under this prefix, expired included) and ``expired_rows`` (what gc would remove)."""
+        t = self.table
+        now = time.time()
+        dead = sa.func.sum(sa.case((self._dead(now), 1), else_=0))
+        query = sa.select(sa.func.count(), dead).select_from(t).where(self._prefix_match())
+        with self._begin() as conn:
+            rows, expired = conn.execute(query).one()
+        return {"rows": float(rows or 0), "expired_rows": float(expired or 0)}
 
 
 # -- construction ------------------------------------------------------------------------------
