@@ -775,3 +775,13 @@ def test_stats_reports_evictions_and_warns(key_prefix: str, caplog: pytest.LogCa
     finally:
         b.close()
         srv.stop()
+
+
+def test_socket_timeout_is_the_same_option_as_on_redis() -> None:
+    from sessionmw.backends import open_backend
+
+    backend = open_backend("memcached://127.0.0.1:11211?socket_timeout=0.5&connect_timeout=1", key_prefix="t:")
+    try:
+        assert backend.timeout == 0.5  # type: ignore[attr-defined]
+    finally:
+        backend.close()

@@ -847,10 +847,13 @@ class MemcachedBackend:
 def from_url(url: BackendURL, key_prefix: str) -> MemcachedBackend:
     """Build the backend for ``memcached://host:11211`` or ``memcached://h1:11211,h2:11211``.
 
-    Options: ``connect_timeout`` and ``timeout`` (seconds, default 2), ``replicas`` (only 1 for now).
+    Options: ``connect_timeout`` and ``socket_timeout`` (or its short name ``timeout``; seconds, default
+    2), ``replicas`` (only 1 for now).
     """
     connect_timeout = url.take("connect_timeout", positive_float, 2.0)
-    timeout = url.take("timeout", positive_float, 2.0)
+    # socket_timeout is the name the Redis backend (and the API's examples) use for the same thing.
+    socket_timeout: float | None = url.take("socket_timeout", positive_float, None)
+    timeout = url.take("timeout", positive_float, socket_timeout if socket_timeout is not None else 2.0)
     replicas = url.take("replicas", positive_int, 1)
     if replicas > 1:
         raise ConfigError(
