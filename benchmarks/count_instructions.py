@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KINDS = ["no middleware", "starlette cookie", "sessionmw memory"]
-ROUTES = ["/untouched", "/read", "/write"]
+# "anonymous" is /untouched requested without a session cookie (a visitor's first request).
+ROUTES = ["anonymous", "/untouched", "/read", "/write"]
 
 
 def run_app(kind: str, path: str, n: int) -> None:
@@ -32,12 +33,13 @@ def run_app(kind: str, path: str, n: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             app = b.build(kind, tmp)
             cookie = None
-            if kind != "no middleware":
+            if kind != "no middleware" and path != "anonymous":
                 _, cookie = await b.call(app, "/write", None)
+            route = "/untouched" if path == "anonymous" else path
             for _ in range(50):
-                await b.call(app, path, cookie)
+                await b.call(app, route, cookie)
             for _ in range(n):
-                await b.call(app, path, cookie)
+                await b.call(app, route, cookie)
 
     asyncio.run(go())
 
@@ -70,7 +72,7 @@ def main() -> None:
     for kind in KINDS:
         cells = []
         for route in ROUTES:
-            if kind == "no middleware" and route != "/untouched":
+            if kind == "no middleware" and route not in ("anonymous", "/untouched"):
                 cells.append("n/a")
                 continue
             per = (instructions(kind, route, n) - instructions(kind, route, 0)) / n

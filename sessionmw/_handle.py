@@ -121,13 +121,28 @@ def _new(core: SessionCore, cls: type[Session]) -> Session:
 class AsyncHandle(SessionHooks):
     """One request's session on an async backend; the ASGI adapter loads it before the app runs."""
 
-    def __init__(self, core: SessionCore, driver: AsyncDriver, req: RequestInfo) -> None:
+    def __init__(self, core: SessionCore, driver: AsyncDriver, scope: Any) -> None:
         self.core = core
         self.driver = driver
-        self.req = req
+        self.scope = scope
+        self._req: RequestInfo | None = None
         self.action: CookieAction | None = None
         self.finished = False
         self._pending: asyncio.Task[Any] | None = None
+
+    @property
+    def req(self) -> RequestInfo:
+        """Path, client address and user agent of the request, read from the scope when first needed."""
+        if self._req is None:
+            scope = self.scope
+            agent = None
+            for name, value in scope["headers"]:
+                if name == b"user-agent":
+                    agent = value.decode("latin-1")
+                    break
+            client = scope.get("client")
+            self._req = RequestInfo(path=scope["path"], client_ip=client[0] if client else None, user_agent=agent)
+        return self._req
 
     async def open(self, session: Session, found: tuple[str, float | None], lock: bool) -> None:
         """Load the session before the app runs."""

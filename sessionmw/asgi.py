@@ -19,7 +19,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import AsyncBackend, Backend, open_async_backend
 from .config import OPTION_NAMES, build_settings, unknown_option_error
 from .cookies import format_delete_cookie, format_set_cookie
-from .core import CookieAction, RequestInfo, SessionCore
+from .core import CookieAction, SessionCore
 from .errors import ConfigError, SessionUnavailable
 from .readonly import STATIC, find_starlette_endpoint, is_read_only
 
@@ -184,19 +184,15 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
 
-        cookie = agent = None
+        cookie = None
         for name, value in scope["headers"]:
             if name == b"cookie":
                 cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
-            elif name == b"user-agent":
-                agent = value.decode("latin-1")
-        client = scope.get("client")
-        req = RequestInfo(path=scope["path"], client_ip=client[0] if client else None, user_agent=agent)
         if kind == "websocket":
             read_only = True  # no lock is held for the life of a connection
         enforced = read_only and (kind == "websocket" or not settings.read_only_debug)
         session = core.new_session(read_only=enforced, declared_read_only=read_only and not enforced)
-        handle = AsyncHandle(core, self.driver, req)
+        handle = AsyncHandle(core, self.driver, scope)
         session._hooks = handle
         found = core.sid_from_cookie(cookie, settings.max_age)
         if found is not None:
@@ -240,7 +236,8 @@ class SessionMiddleware:
             await handle.abort(session)
             raise
         else:
-            await handle.finish(session)
+            if not handle.finished:
+                await handle.finish(session)
 
     def _closing_send(self, send: Send) -> Send:
         """Wrap a lifespan ``send`` so the backend's connections close when the app shuts down."""

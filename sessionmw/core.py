@@ -133,8 +133,10 @@ class SessionCore:
         """Return an empty session for a request, before anything is loaded."""
         s = Session()
         s._new_id_factory = new_session_id
-        s._idle_timeout = self.settings.idle_timeout
-        self.set_read_only(s, read_only, declared_read_only)
+        if self.settings.idle_timeout is not None:
+            s._idle_timeout = self.settings.idle_timeout
+        if read_only or declared_read_only:
+            self.set_read_only(s, read_only, declared_read_only)
         return s
 
     def set_read_only(self, s: Session, read_only: bool, declared: bool) -> None:

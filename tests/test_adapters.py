@@ -425,7 +425,8 @@ class CountingBackend(MemoryBackend):
     calls = 0
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("a") and name[1:] in ("lock_and_load", "load", "create", "save", "release", "touch"):
+        primitives = ("lock_and_load", "load", "create", "save", "release", "touch")
+        if name in primitives or (name.startswith("a") and name[1:] in primitives):
             type(self).calls += 1
         return super().__getattribute__(name)
 

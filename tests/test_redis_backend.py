@@ -1,4 +1,5 @@
-"""Redis-specific tests: URL forms and options, key layout, round trips, outages, the eviction warning.
+"""Redis-specific tests: URL forms and options, key layout, round trips, outages, the eviction warning,
+and the administration side (per-user index, gc, stats).
 
 The shared behaviour of every backend is in test_backend_conformance.py; this file checks what only
 Redis has. Tests marked ``service("redis")`` use the private redis-server of conftest.py.
@@ -23,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.sentinel import SentinelConnectionPool
 
+from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
 from sessionmw.backends import _redis_common as C
 from sessionmw.backends.base import encode_record
@@ -243,7 +245,11 @@ def test_ops_name_the_keys_of_keys() -> None:
     assert C.touch(keys, sid, t).command[2:5] == (2, keys.data(sid), keys.touch(sid))
     assert C.extend(keys, sid, "t", 1).command[2:4] == (1, keys.lock(sid))
     assert C.load(keys, sid).command == ("MGET", keys.data(sid), keys.touch(sid))
-    assert C.delete(keys, sid).command == ("DEL", keys.data(sid), keys.touch(sid))
+    assert C.delete(keys, sid).command[2:] == (2, keys.data(sid), keys.touch(sid))
+    assert C.gc_one(keys, sid, 5.0).command[2:] == (2, keys.data(sid), keys.touch(sid), "5.0")
+    assert C.save(keys, sid, rec(user_id='al"ice'), "t", 1).command[-1] == '["al\\"ice"]'
+    assert C.save(keys, sid, rec(), "t", 1).command[-1] == "[null]"
+    assert C.index_add(keys, sid, 7).command == ("SADD", "p:user:{7}", sid)
     assert C.create(keys, sid, rec(), 2).command[::3] == ("SET", "NX")
     assert C.create(keys, sid, rec(), None).command[-1] == "NX"
 
@@ -260,13 +266,14 @@ def test_merge_applies_a_newer_touch_only() -> None:
     assert C.merge(b"not a record", None) is None and C.merge(b"[1]\n", None) is None
     later = r.last_access + 10.125
     head, ttl, ip = C.touch_args(Touch(later, "10.0.0.1", later + 60, 30))
-    assert ttl == 30000 and ip == "10.0.0.1"
+    assert ttl == 30000 and ip == "10.0.0.1" and isinstance(head, str)
     stored = f"{head} {ip}".encode()  # what the Lua touch() stores
     assert C.merge(blob, stored) == r._replace(last_access=later, last_ip="10.0.0.1", expires=later + 60)
     head, ttl = C.touch_args(Touch(later, None, None, None))
+    assert isinstance(head, str)
     assert ttl == "" and C.merge(blob, head.encode()) == r._replace(last_access=later, expires=None)
     older = C.touch_args(Touch(r.last_access - 1, "10.9.9.9", None, None))
-    assert C.merge(blob, f"{older[0]} {older[2]}".encode()) == r, "an older touch is ignored"
+    assert C.merge(blob, f"{older[0]!s} {older[2]!s}".encode()) == r, "an older touch is ignored"
     assert C.merge(blob, b"garbage") == r
 
 
@@ -424,6 +431,7 @@ def warm_up(b: RedisBackend) -> None:
     b.touch(sid, Touch(time.time(), None, None, 60))
     b.delete(sid)
     b.load(sid)
+    b.delete(sid)
 
 
 @redis_service
@@ -444,7 +452,7 @@ def test_every_primitive_is_one_round_trip(
         ("release with touch", lambda: backend.release(sid, token, Touch(now, "::1", None, 60)), "evalsha"),
         ("touch", lambda: backend.touch(sid, Touch(now, None, None, 60)), "evalsha"),
         ("load", lambda: backend.load(sid), "mget"),
-        ("delete", lambda: backend.delete(sid), "del"),
+        ("delete", lambda: backend.delete(sid), "evalsha"),
     ]
     for what, call, command in calls:
         before_stats = commandstats(raw)
@@ -630,6 +638,262 @@ def test_async_maxmemory_policy_warning(
 
 
 def test_twins_have_the_same_primitives() -> None:
-    sync = {n for n in vars(RedisBackend) if not n.startswith("_")} - {"iter_records"}
+    sync = {n for n in vars(RedisBackend) if not n.startswith("_")} - {"iter_records", "gc", "stats"}
     async_ = {n[1:] if n.startswith("a") else n for n in vars(AsyncRedisBackend) if not n.startswith("_")}
     assert sync == async_
+
+
+# -- administration: the per-user index, gc, stats ------------------------------------------------
+
+
+class Sends:
+    """Counts commands (or pipelines) written by redis-py's sync connections: one per round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        send: Any = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return send(conn, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def during(self, call: Callable[[], object]) -> int:
+        before = self.count
+        call()
+        return self.count - before
+
+
+def members(raw: redis.Redis, key: str) -> set[str]:
+    return {m.decode() for m in raw.smembers(key)}  # type: ignore[union-attr]
+
+
+def test_pure_index_helpers() -> None:
+    keys = C.Keys("p:")
+    assert keys.user("alice") == "p:user:{alice}" and keys.user(7) == "p:user:{7}"
+    assert key_slot(keys.user("alice").encode()) == key_slot(b"{alice}"), "its own hash tag"
+    assert keys.user_scan_pattern() == "p:user:{*}" and C.Keys("x*").user_scan_pattern() == "x\\*user:{*}"
+    head = encode_record(rec(user_id="bob")).partition(b"\n")[0]
+    assert C.head_user(head) == "bob" and C.head_user(b"garbage") is None and C.head_user(None) is None
+    assert C.head_user(encode_record(rec(user_id=7)).partition(b"\n")[0]) == 7
+    assert C.reindex(keys, "s", 7, "7") == () and C.reindex(keys, "s", None, None) == ()
+    moved = C.reindex(keys, "s", "a", "b")
+    assert [op.command for op in moved] == [("SREM", "p:user:{a}", "s"), ("SADD", "p:user:{b}", "s")]
+    r1, r2 = rec(user_id="a"), rec(user_id=None)
+    found, stale = C.pick_user_sessions("a", ["s1", "s2", "s3", "s4"], [r1, None, r2, rec(user_id="b")])
+    assert found == [("s1", r1)] and stale == ["s2", "s3", "s4"]
+    assert C.pick_user_sessions(7, ["s"], [rec(user_id="7")])[0], "7 and '7' share one index set"
+    single = C.figures({"evicted_keys": 3, "expired_keys": 4}, {"used_memory": 1000, "maxmemory_policy": "allkeys-lru"})
+    assert single == {"evicted_keys": 3, "expired_keys": 4, "used_memory": 1000, "maxmemory_policy_evicts": 1.0}
+    cluster = C.figures(
+        {"n1:7000": {"evicted_keys": 1, "expired_keys": 2}, "n2:7001": {"evicted_keys": 5, "expired_keys": 0}},
+        {"n1:7000": {"used_memory": 10, "maxmemory_policy": "noeviction"}, "n2:7001": {"used_memory": 20}},
+    )
+    assert cluster == {"evicted_keys": 6, "expired_keys": 2, "used_memory": 30, "maxmemory_policy_evicts": 0.0}
+
+
+@redis_service
+def test_index_holds_each_users_sessions(
+    backend: RedisBackend, raw: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    keys = backend._base.keys
+    a1, a2, b1, anon = (new_session_id() for _ in range(4))
+    for sid, user in ((a1, "alice"), (a2, "alice"), (b1, 42), (anon, None)):
+        assert backend.create(sid, rec(user_id=user), ttl=60)
+    assert members(raw, keys.user("alice")) == {a1, a2}
+    assert members(raw, keys.user(42)) == {b1}
+    assert raw.ttl(keys.user("alice")) == -1, "index sets have no TTL (a touch may outlive any)"
+    assert raw.type(keys.user("alice")) == b"set"
+    assert {sid for sid, _ in backend.user_sessions("alice")} == {a1, a2}
+    assert [(sid, r.user_id) for sid, r in backend.user_sessions(42)] == [(b1, 42)]
+    assert [sid for sid, _ in backend.user_sessions("42")] == [b1], "user ids are compared as strings"
+    assert backend.user_sessions("nobody") == []
+    assert {sid for sid, _ in backend.iter_records()} == {a1, a2, b1, anon}, "index sets are not sessions"
+    later = time.time() + 30
+    backend.touch(a1, Touch(later, "10.0.0.9", None, 60))
+    got = dict(backend.user_sessions("alice"))
+    assert got[a1].last_access == later and got[a1].last_ip == "10.0.0.9", "touches are merged as load() does"
+
+    async def async_side() -> None:
+        ab = open_async_backend(redis_url, key_prefix=key_prefix)
+        assert isinstance(ab, AsyncRedisBackend)
+        try:
+            assert {sid for sid, _ in await ab.auser_sessions("alice")} == {a1, a2}
+            sid = new_session_id()
+            assert await ab.acreate(sid, rec(user_id="alice"), 60)
+            assert {s for s, _ in await ab.auser_sessions("alice")} == {a1, a2, sid}
+            await ab.adelete(sid)
+            assert {s for s, _ in await ab.auser_sessions("alice")} == {a1, a2}
+        finally:
+            await ab.aclose()
+
+    asyncio.run(async_side())
+    backend.delete(a1)
+    assert members(raw, keys.user("alice")) == {a2}, "delete takes the sid out of the index"
+    backend.delete(a2)
+    assert not raw.exists(keys.user("alice")), "an emptied index set is gone"
+    backend.delete(b1)
+    backend.delete(anon)
+
+
+@redis_service
+def test_save_moves_the_sid_only_when_the_user_changes(
+    backend: RedisBackend, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = backend._base.keys
+    warm_up(backend)
+    sid = new_session_id()
+    assert backend.create(sid, rec(user_id="carol"), 60)
+    sends = Sends(monkeypatch)
+    token = new_lock_token()
+    backend.lock_and_load(sid, token, 30)
+    before = commandstats(raw)
+    assert sends.during(lambda: backend.save(sid, rec(b'{"x":1}', user_id="carol"), token, 60)) == 1
+    after = commandstats(raw)
+    assert after.get("sadd", 0) == before.get("sadd", 0) and after.get("srem", 0) == before.get("srem", 0)
+    backend.lock_and_load(sid, token, 30)
+    assert sends.during(lambda: backend.save(sid, rec(user_id="dan"), token, 60)) == 2, "one more for the index"
+    assert not raw.exists(keys.user("carol")) and members(raw, keys.user("dan")) == {sid}
+    backend.lock_and_load(sid, token, 30)
+    assert backend.save(sid, rec(user_id=None), token, 60)
+    assert not raw.exists(keys.user("dan"))
+    backend.lock_and_load(sid, token, 30)
+    assert backend.save(sid, rec(user_id=5), token, 60)
+    assert [s for s, _ in backend.user_sessions(5)] == [sid]
+    backend.delete(sid)
+    backend.lock_and_load(sid, token, 30)
+    assert not backend.save(sid, rec(user_id=6), token, 60), "a deleted session is not resurrected"
+    assert not raw.exists(keys.data(sid)) and not raw.exists(keys.user(6)) and not raw.exists(keys.user(5))
+
+
+@redis_service
+def test_index_round_trips(backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    warm_up(backend)
+    sends = Sends(monkeypatch)
+    anon, user = new_session_id(), new_session_id()
+    assert sends.during(lambda: backend.create(anon, rec(), 60)) == 1
+    assert sends.during(lambda: backend.create(user, rec(user_id="eve"), 60)) == 1, "SET and SADD pipelined"
+    assert sends.during(lambda: backend.user_sessions("eve")) == 2, "SMEMBERS, then the sessions"
+    assert sends.during(lambda: backend.delete(anon)) == 1
+    assert sends.during(lambda: backend.delete(user)) == 2, "the SREM of a user's session"
+    assert sends.during(lambda: backend.user_sessions("eve")) == 1
+
+
+@redis_service
+def test_stale_members_are_skipped_and_removed_after_a_ttl_expiry(backend: RedisBackend, raw: redis.Redis) -> None:
+    keys = backend._base.keys
+    short, kept = new_session_id(), new_session_id()
+    assert backend.create(short, rec(user_id="fay"), ttl=0.1)
+    assert backend.create(kept, rec(user_id="fay"), ttl=60)
+    time.sleep(0.3)  # Redis drops `short` on its own; its index member stays behind
+    assert members(raw, keys.user("fay")) == {short, kept}
+    assert [sid for sid, _ in backend.user_sessions("fay")] == [kept]
+    assert members(raw, keys.user("fay")) == {kept}, "the stale member was removed"
+    # gc removes stale members of users nobody asks about, and their emptied sets
+    gone = new_session_id()
+    assert backend.create(gone, rec(user_id="gil"), ttl=0.1)
+    time.sleep(0.3)
+    assert raw.exists(keys.user("gil"))
+    assert backend.gc(time.time()) == 0, "sessions Redis dropped itself are not counted"
+    assert not raw.exists(keys.user("gil"))
+    assert members(raw, keys.user("fay")) == {kept}
+    backend.delete(kept)
+
+
+@redis_service
+def test_terminate_user_reads_the_index_and_never_scans(
+    redis_url: str, raw: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SessionStore(redis_url, key_prefix=key_prefix) as store:
+        b = store.backend
+        assert isinstance(b, RedisBackend)
+        sids = {user: [new_session_id() for _ in range(2)] for user in ("hal", "ivy")}
+        for user, pair in sids.items():
+            for sid in pair:
+                assert b.create(sid, rec(user_id=user), 60)
+
+        def no_scan(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("terminate_user must not scan")
+
+        monkeypatch.setattr(redis.Redis, "scan_iter", no_scan)
+        before = commandstats(raw)
+        assert store.terminate_user("hal") == 2
+        assert commandstats(raw).get("scan", 0) == before.get("scan", 0)
+        assert store.terminate_user("hal") == 0
+        assert {i.sid for i in store.list_sessions(user_id="ivy")} == set(sids["ivy"])
+        monkeypatch.undo()
+        assert store.terminate_all() == 2
+        assert not raw.exists(b._base.keys.user("hal"), b._base.keys.user("ivy"))
+
+
+@redis_service
+def test_gc_removes_expired_records_with_their_touch_and_index_entry(backend: RedisBackend, raw: redis.Redis) -> None:
+    keys = backend._base.keys
+    now = time.time()
+    expired, anon_expired, forever, live, touched = (new_session_id() for _ in range(5))
+    assert backend.create(expired, rec(user_id="jo", expires=now - 10), ttl=60)
+    assert backend.create(anon_expired, rec(expires=now - 1), ttl=60)
+    assert backend.create(forever, rec(user_id="jo", expires=None), ttl=None)
+    assert backend.create(live, rec(user_id="jo", expires=now + 60), ttl=60)
+    assert backend.create(touched, rec(user_id="jo", expires=now - 10), ttl=60)
+    backend.touch(expired, Touch(now - 20, None, now + 100, 60))  # older than the record: ignored
+    backend.touch(touched, Touch(now + 1, "::1", now + 100, 60))  # newer: its expiry counts
+    token = new_lock_token()
+    assert backend.lock_and_load(expired, token, 30)[0]
+    assert backend.gc(now) == 2
+    assert not raw.exists(keys.data(expired), keys.touch(expired), keys.data(anon_expired))
+    assert raw.exists(keys.lock(expired)), "gc leaves a lock to its holder"
+    assert not backend.save(expired, rec(user_id="jo"), token, 60), "the holder cannot resurrect it"
+    assert members(raw, keys.user("jo")) == {forever, live, touched}
+    assert {sid for sid, _ in backend.iter_records()} == {forever, live, touched}
+    assert backend.gc(now) == 0
+    assert backend.gc(now + 200) == 2, "live and touched expire later; forever never does"
+    assert members(raw, keys.user("jo")) == {forever}
+    raw.script_flush()
+    backend.create(live, rec(expires=now), ttl=60)
+    assert backend.gc(now + 1) == 1, "a flushed script cache is reloaded inside a pipeline"
+    backend.delete(forever)
+
+
+@redis_service
+def test_admin_skips_another_prefixs_index_keys(redis_url: str, key_prefix: str) -> None:
+    site = sync_backend(redis_url, key_prefix)
+    neighbour = sync_backend(redis_url, key_prefix + "user:")  # its data keys look like site's index keys
+    try:
+        sid, other = new_session_id(), new_session_id()
+        assert site.create(sid, rec(user_id="kim", expires=time.time() - 1), 60)
+        assert neighbour.create(other, rec(user_id="kim", expires=time.time() - 1), 60)
+        assert [s for s, _ in neighbour.iter_records()] == [other], "site's index set is not a session"
+        assert [s for s, _ in site.iter_records()] == [sid]
+        assert neighbour.gc(time.time()) == 1 and site.gc(time.time()) == 1
+        assert site.user_sessions("kim") == [] and neighbour.user_sessions("kim") == []
+    finally:
+        site.close()
+        neighbour.close()
+
+
+@redis_service
+def test_stats_reports_the_servers_figures(redis_url: str, raw: redis.Redis, key_prefix: str) -> None:
+    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        with SessionStore(redis_url, key_prefix=key_prefix) as store:
+            store.backend.create(new_session_id(), rec(user_id="lee"), 60)
+            raw.config_set("maxmemory-policy", "noeviction")
+            figures = store.stats()
+            assert figures["sessions"] == 1 and figures["users"] == 1
+            assert figures["used_memory"] > 0 and figures["maxmemory_policy_evicts"] == 0.0
+            assert figures["evicted_keys"] >= 0 and figures["expired_keys"] >= 0
+            raw.config_set("maxmemory-policy", "volatile-lru")
+            assert store.stats()["maxmemory_policy_evicts"] == 1.0
+            store.terminate_all()
+    finally:
+        raw.config_set("maxmemory-policy", old)
+
+
+def test_admin_of_a_server_that_is_down_is_one_line() -> None:
+    b = sync_backend(f"redis://127.0.0.1:{free_port()}/0")
+    for call in (lambda: list(b.iter_records()), lambda: b.user_sessions("x"), lambda: b.gc(0), b.stats):
+        with pytest.raises(BackendUnavailable, match="is unavailable"):
+            call()
+    b.close()

@@ -10,21 +10,33 @@ Layout, for a session ``sid`` under key prefix ``p``::
     p{sid}        the record: one string, encode_record(record) (a JSON line of metadata, then the data)
     p{sid}:a      the last touch, if newer than the record: "<last_access> <expires|-> [<last_ip>]"
     p{sid}:lock   the lock: a string holding the owner's token, with a PX expiry
+    puser:{uid}   the per-user index: a set of the sids of user ``uid`` (``str(user_id)``), no TTL
 
 The ``{sid}`` hash tag puts the three keys of one session in one Cluster slot, so every script (and
 MGET, DEL) may use all of them. The record is one string, so a save is one SET and a load one bulk
 reply; a touch writes only the small ``:a`` key (and refreshes the record's TTL), never the data,
 and a load merges it when its last access is newer, as the file backend does with its ``.touch``
 file. A save rewrites the whole record, so it deletes the ``:a`` key.
+
+The per-user index has its own hash tag, so in Cluster it lives in another slot than the session: it
+is updated by a separate command, never inside a session's script. ``create`` of a session with a
+user adds the sid (pipelined with the SET: still one round trip on a single server); ``save`` adds
+and removes only when its script sees that the user changed (it compares the user of the record it
+overwrites, server-side), so an ordinary save stays one round trip; ``delete`` removes the sid, with
+a second round trip only when the deleted session had a user. Index sets get no TTL: a touch
+extends a session's TTL without a round trip to the index, so no TTL set at create could be known
+to outlive the session. Members whose session Redis dropped on its own (TTL, eviction) are skipped
+and removed by ``user_sessions`` and by ``gc``, which also drops emptied sets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -37,7 +49,9 @@ from ._url import BackendURL, boolean, positive_float, positive_int
 from .base import Record, Touch, decode_record, encode_record
 
 __all__ = [
+    "BATCH",
     "ERRORS",
+    "FollowUps",
     "SCRIPTS",
     "SHAS",
     "ClientConfig",
@@ -47,11 +61,20 @@ __all__ = [
     "client_config",
     "create",
     "delete",
+    "exists",
     "extend",
+    "figures",
+    "gc_one",
+    "head_user",
+    "index_add",
+    "index_remove",
     "load",
+    "pick_user_sessions",
     "lock_and_load",
+    "members",
     "merge",
     "ms",
+    "reindex",
     "release",
     "save",
     "touch",
@@ -67,6 +90,9 @@ ClientT = TypeVar("ClientT")
 ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 #: The errors after which the eviction-policy check is worth trying again on the next call.
 _TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, RedisClusterException)
+
+#: Keys per SCAN call and per pipeline of the administration side.
+BATCH = 500
 
 # -- keys ----------------------------------------------------------------------------------------
 
@@ -89,10 +115,20 @@ class Keys:
         """The lock of ``sid``; same hash tag as its data, so same Cluster slot."""
         return f"{self.prefix}{{{sid}}}:lock"
 
+    def user(self, user_id: str | int) -> str:
+        """The set of the sids of ``user_id``; its own hash tag, so in Cluster another slot than the sessions."""
+        return f"{self.prefix}user:{{{user_id}}}"
+
+    def _escaped(self) -> str:
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every data key under this prefix (touch and lock keys do not end in ``}``)."""
-        escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
-        return escaped + "{*}"
+        return self._escaped() + "{*}"
+
+    def user_scan_pattern(self) -> str:
+        """A SCAN MATCH pattern for every per-user index set under this prefix."""
+        return self._escaped() + "user:{*}"
 
     def sid_of(self, key: bytes | str) -> str:
         """The session id in a data key."""
@@ -135,22 +171,78 @@ if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return fals
 return redis.call('MGET', KEYS[1], KEYS[2])
 """
 
-# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] the record, ARGV[3] TTL in ms or "".
+# head(value): the JSON metadata line of a stored record (before its first newline), or '' if none.
+_HEAD_FN = """
+local function head(value)
+  local nl = string.find(value, '\\n', 1, true)
+  if not nl then return '' end
+  return string.sub(value, 1, nl - 1)
+end
+"""
+
+# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] the record, ARGV[3] TTL in ms or "",
+# ARGV[4] the record's user id as a one-element JSON list ("[null]", "[7]", '["alice"]').
 # Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and the touch
-# and returns 1 when the record was written, 0 when the session was deleted meanwhile (SET XX: an ended
-# session is never resurrected).
-_SAVE = """
+# and returns 0 when the session was deleted meanwhile (SET XX: an ended session is never resurrected),
+# 1 when the record was written over one of the same user, and the overwritten record's metadata line
+# when the user changed (the caller then moves the sid between index sets: another slot in Cluster).
+_SAVE = (
+    _HEAD_FN
+    + """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-local stored
+local old
 if ARGV[3] == '' then
-  stored = redis.call('SET', KEYS[1], ARGV[2], 'XX')
+  old = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET')
 else
-  stored = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3])
+  old = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET', 'PX', ARGV[3])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
-if stored then return 1 end
-return 0
+if not old then return 0 end
+local h = head(old)
+local ok, meta = pcall(cjson.decode, h)
+local ok2, new = pcall(cjson.decode, ARGV[4])
+if ok and ok2 and type(meta) == 'table' and type(new) == 'table' and meta[3] == new[1] then return 1 end
+return h
 """
+)
+
+# KEYS[1] data, KEYS[2] touch. Deletes both; returns the deleted record's metadata line (for its user),
+# or nil when there was no record.
+_DELETE = (
+    _HEAD_FN
+    + """
+local old = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+if not old then return false end
+return head(old)
+"""
+)
+
+# KEYS[1] data, KEYS[2] touch; ARGV[1] now. Deletes the session when its expiry (from the record, or from
+# a newer touch, as merge() reads them) is before now; returns its metadata line then, else nil. The
+# check and the delete are atomic, so a session touched or saved since it was listed is kept.
+_GC = (
+    _HEAD_FN
+    + """
+local data = redis.call('GET', KEYS[1])
+if not data then return false end
+local h = head(data)
+local ok, meta = pcall(cjson.decode, h)
+if not ok or type(meta) ~= 'table' or type(meta[2]) ~= 'number' then return false end
+local expires = meta[9]
+local t = redis.call('GET', KEYS[2])
+if t then
+  local at, ex = string.match(t, '^(%S+) (%S+)')
+  at = tonumber(at)
+  if at and at > meta[2] then
+    if ex == '-' then expires = nil else expires = tonumber(ex) end
+  end
+end
+if type(expires) ~= 'number' or expires >= tonumber(ARGV[1]) then return false end
+redis.call('DEL', KEYS[1], KEYS[2])
+return h
+"""
+)
 
 # KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
 # Returns 1 when the token held the lock (deleted; the touch applied if the data still exists), else 0.
@@ -188,6 +280,8 @@ SCRIPTS: dict[str, str] = {
     "release": _RELEASE,
     "touch": _TOUCH,
     "extend": _EXTEND,
+    "delete": _DELETE,
+    "gc": _GC,
 }
 
 #: Script name -> SHA1 of its source, as EVALSHA wants it (computed once, here).
@@ -270,6 +364,8 @@ _SAVE_SHA = SHAS["save"]
 _RELEASE_SHA = SHAS["release"]
 _TOUCH_SHA = SHAS["touch"]
 _EXTEND_SHA = SHAS["extend"]
+_DELETE_SHA = SHAS["delete"]
+_GC_SHA = SHAS["gc"]
 
 
 def lock_and_load(keys: Keys, sid: str, token: str, expire: float) -> Op[tuple[bool, Record | None]]:
@@ -292,11 +388,108 @@ def create(keys: Keys, sid: str, record: Record, ttl: float | None) -> Op[bool]:
     return Op(("SET", k, encode_record(record), "NX", "PX", ms(ttl)), None, _flag)
 
 
-def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) -> Op[bool]:
-    """If the token holds the lock: write the record over an existing one, delete the touch and the lock."""
+#: What a write leaves to do in the per-user index (another Cluster slot): ops to run after it, often none.
+FollowUps = tuple[Op[Any], ...]
+_NONE: FollowUps = ()
+
+
+def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) -> Op[tuple[bool, FollowUps]]:
+    """If the token holds the lock: write the record over an existing one, delete the touch and the lock.
+
+    Reads as ``(saved, follow_ups)``: the index updates to run when the script saw the user change.
+    """
     k = f"{keys.prefix}{{{sid}}}"
     px = "" if ttl is None else ms(ttl)
-    return Op(("EVALSHA", _SAVE_SHA, 3, k, k + ":a", k + ":lock", token, encode_record(record), px), _SAVE, _flag)
+    user = record.user_id
+
+    def parse(reply: Any) -> tuple[bool, FollowUps]:
+        if type(reply) is int:
+            return reply == 1, _NONE
+        return True, reindex(keys, sid, head_user(reply), user)
+
+    command = ("EVALSHA", _SAVE_SHA, 3, k, k + ":a", k + ":lock", token, encode_record(record), px, _user_arg(user))
+    return Op(command, _SAVE, parse)
+
+
+def _user_arg(user_id: str | int | None) -> str:
+    """The user id as the save script compares it: a one-element JSON list."""
+    if user_id is None:
+        return "[null]"
+    return json.dumps([user_id], separators=(",", ":"))
+
+
+def head_user(head: bytes | str | None) -> str | int | None:
+    """The user id in a record's metadata line, or ``None`` (anonymous, missing or foreign)."""
+    if not head:
+        return None
+    try:
+        user = json.loads(head)[2]
+    except (ValueError, IndexError, TypeError, KeyError):
+        return None
+    return user if isinstance(user, (str, int)) and not isinstance(user, bool) else None
+
+
+def reindex(keys: Keys, sid: str, old: str | int | None, new: str | int | None) -> FollowUps:
+    """The index ops that move ``sid`` from ``old``'s set to ``new``'s (none when both name one set)."""
+    if (None if old is None else str(old)) == (None if new is None else str(new)):
+        return _NONE
+    ops: list[Op[Any]] = []
+    if old is not None:
+        ops.append(index_remove(keys.user(old), [sid]))
+    if new is not None:
+        ops.append(index_add(keys, sid, new))
+    return tuple(ops)
+
+
+def index_add(keys: Keys, sid: str, user_id: str | int) -> Op[Any]:
+    """SADD the sid to its user's index set."""
+    return Op(("SADD", keys.user(user_id), sid), None, _nothing)
+
+
+def index_remove(index_key: str, sids: Sequence[str]) -> Op[Any]:
+    """SREM sids from an index set (Redis drops a set that becomes empty)."""
+    return Op(("SREM", index_key, *sids), None, _nothing)
+
+
+def _members(reply: Any) -> list[str]:
+    return sorted(m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in reply or ())
+
+
+def members(index_key: str) -> Op[list[str]]:
+    """SMEMBERS of an index set, as sorted sids."""
+    return Op(("SMEMBERS", index_key), None, _members)
+
+
+def exists(keys: Keys, sid: str) -> Op[bool]:
+    """EXISTS of a session's data key."""
+    return Op(("EXISTS", keys.data(sid)), None, _flag)
+
+
+def pick_user_sessions(
+    user_id: str | int, sids: Sequence[str], records: Sequence[Record | None]
+) -> tuple[list[tuple[str, Record]], list[str]]:
+    """Split an index set's sessions into the live ones of ``user_id`` and stale sids (gone or rebound)."""
+    wanted = str(user_id)
+    found: list[tuple[str, Record]] = []
+    stale: list[str] = []
+    for sid, record in zip(sids, records, strict=True):
+        if record is None or record.user_id is None or str(record.user_id) != wanted:
+            stale.append(sid)
+        else:
+            found.append((sid, record))
+    return found, stale
+
+
+def gc_one(keys: Keys, sid: str, now: float) -> Op[FollowUps | None]:
+    """Delete the session if its expiry is before ``now``; reads as ``None`` (kept) or its index follow-ups."""
+    k = f"{keys.prefix}{{{sid}}}"
+
+    def parse(reply: Any) -> FollowUps | None:
+        if reply is None:
+            return None
+        return reindex(keys, sid, head_user(reply), None)
+
+    return Op(("EVALSHA", _GC_SHA, 2, k, k + ":a", repr(float(now))), _GC, parse)
 
 
 def release(keys: Keys, sid: str, token: str, touch: Touch | None) -> Op[bool]:
@@ -319,10 +512,48 @@ def extend(keys: Keys, sid: str, token: str, expire: float) -> Op[bool]:
     return Op(("EVALSHA", _EXTEND_SHA, 1, keys.lock(sid), token, ms(expire)), _EXTEND, _flag)
 
 
-def delete(keys: Keys, sid: str) -> Op[None]:
-    """DEL the data and the touch (not the lock)."""
+def delete(keys: Keys, sid: str) -> Op[FollowUps]:
+    """DEL the data and the touch (not the lock); reads as the index follow-ups (the sid out of its user's set)."""
     k = f"{keys.prefix}{{{sid}}}"
-    return Op(("DEL", k, k + ":a"), None, _nothing)
+
+    def parse(reply: Any) -> FollowUps:
+        if reply is None:
+            return _NONE
+        return reindex(keys, sid, head_user(reply), None)
+
+    return Op(("EVALSHA", _DELETE_SHA, 2, k, k + ":a"), _DELETE, parse)
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+_POLICY_KEY = "maxmemory_policy"
+
+
+def _nodes(reply: Any) -> list[Mapping[str, Any]]:
+    """The INFO sections of each node: a Cluster answers with a dict per node."""
+    if not isinstance(reply, Mapping):
+        return []
+    if any(isinstance(v, Mapping) for v in reply.values()):
+        return [v for v in reply.values() if isinstance(v, Mapping)]
+    return [reply]
+
+
+def figures(stats: Any, memory: Any) -> dict[str, float]:
+    """``evicted_keys``, ``expired_keys``, ``used_memory`` (summed over nodes) and ``maxmemory_policy_evicts``."""
+    out: dict[str, float] = {"evicted_keys": 0.0, "expired_keys": 0.0, "used_memory": 0.0}
+    for node in _nodes(stats):
+        for name in ("evicted_keys", "expired_keys"):
+            out[name] += float(node.get(name, 0) or 0)
+    evicts = 0.0
+    for node in _nodes(memory):
+        out["used_memory"] += float(node.get("used_memory", 0) or 0)
+        policy = node.get(_POLICY_KEY)
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        if policy is not None and str(policy) != "noeviction":
+            evicts = 1.0  # allkeys-*: any key; volatile-*: keys with a TTL, as sessions usually have
+    out["maxmemory_policy_evicts"] = evicts
+    return out
 
 
 # -- the state both twins keep -------------------------------------------------------------------

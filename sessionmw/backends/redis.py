@@ -11,14 +11,16 @@ Options (query string): ``connect_timeout`` and ``socket_timeout`` (seconds, def
 ``max_connections``, ``health_check_interval``, ``db``, ``ssl`` and ``ssl_ca_certs``, ``ssl_certfile``,
 ``ssl_keyfile``, ``ssl_cert_reqs`` (TLS), ``sentinel_password`` (Sentinel).
 
-Every primitive is one round trip (see :mod:`._redis_common` for keys and scripts). redis-py's own
+Every primitive is one round trip (see :mod:`._redis_common` for keys, scripts and the per-user
+index), but for the index's own updates: a ``delete`` of a session with a user, and a ``save`` that
+changes the user, add one; a ``create`` with a user pipelines its SADD. redis-py's own
 retries are off (the core decides about waiting), so a server that is down answers at once with
 :class:`~sessionmw.errors.BackendUnavailable`; the connection pool reconnects when it is back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis as redis_py
@@ -72,6 +74,8 @@ class RedisBackend:
         self.key_prefix = key_prefix
         self.config = config
         self._base: C.RedisBase[SyncClient] = C.RedisBase(name, C.Keys(key_prefix), lambda: connect(config))
+        #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
+        self._ordered = config.kind != "cluster"
 
     def client(self) -> SyncClient:
         """The redis-py client, built on first use (for administration and tests)."""
@@ -99,6 +103,51 @@ class RedisBackend:
                 base.policy_result(None, exc)
         return op.parse(reply)
 
+    def _run_all(self, ops: Sequence[C.Op[Any]]) -> list[Any]:
+        """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
+        if not ops:
+            return []
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for op in ops:
+                pipe.execute_command(*op.command)
+            replies = pipe.execute(raise_on_error=False)
+            loaded: set[str] = set()
+            for i, (op, reply) in enumerate(zip(ops, replies, strict=True)):
+                if isinstance(reply, NoScriptError) and op.script is not None:
+                    if op.script not in loaded:
+                        client.script_load(op.script)
+                        loaded.add(op.script)
+                    replies[i] = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                elif isinstance(reply, Exception):
+                    raise reply
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        return [op.parse(reply) for op, reply in zip(ops, replies, strict=True)]
+
+    def _scan(self, pattern: str, kind: str) -> Iterator[list[str]]:
+        """SCAN keys of one type matching ``pattern`` (every primary in Cluster), in batches."""
+        client = self.client()
+        found = iter(client.scan_iter(match=pattern, count=C.BATCH, _type=kind))
+        batch: list[str] = []
+        while True:
+            try:
+                key = next(found)
+            except StopIteration:
+                break
+            except C.ERRORS as exc:
+                raise self._base.unavailable(exc) from exc
+            batch.append(key.decode("utf-8") if isinstance(key, bytes) else str(key))
+            if len(batch) >= C.BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     # -- primitives ----------------------------------------------------------------------------
 
     def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
@@ -111,11 +160,26 @@ class RedisBackend:
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
         """Store a new session if ``sid`` is unused."""
-        return self._run(C.create(self._base.keys, sid, record, ttl))
+        keys = self._base.keys
+        op = C.create(keys, sid, record, ttl)
+        if record.user_id is None:
+            return self._run(op)
+        if self._ordered:
+            # One connection keeps the SET before the SADD, so the SADD rides in the same round trip; if
+            # the SET loses (sid in use), the stray member names a session that user_sessions() removes.
+            stored: bool = self._run_all((op, C.index_add(keys, sid, record.user_id)))[0]
+            return stored
+        stored = self._run(op)  # Cluster: another node, and a member must never precede its session
+        if stored:
+            self._run(C.index_add(keys, sid, record.user_id))
+        return stored
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """Store ``record`` and release the lock, if ``token`` still holds it."""
-        return self._run(C.save(self._base.keys, sid, record, token, ttl))
+        saved, then = self._run(C.save(self._base.keys, sid, record, token, ttl))
+        if then:
+            self._run_all(then)
+        return saved
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, touching the record first."""
@@ -130,8 +194,10 @@ class RedisBackend:
         return self._run(C.extend(self._base.keys, sid, token, expire))
 
     def delete(self, sid: str) -> None:
-        """Remove the session's data and touch (one DEL; the lock stays with its holder)."""
-        self._run(C.delete(self._base.keys, sid))
+        """Remove the session's data and touch (the lock stays with its holder), then its index entry."""
+        then = self._run(C.delete(self._base.keys, sid))
+        if then:
+            self._run_all(then)
 
     def close(self) -> None:
         """Close the connection pools; a later call opens new ones."""
@@ -141,18 +207,63 @@ class RedisBackend:
     # -- administration ------------------------------------------------------------------------
 
     def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then MGET each)."""
+        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then pipelined MGETs)."""
         keys = self._base.keys
+        for batch in self._scan(keys.scan_pattern(), "string"):
+            sids = [keys.sid_of(key) for key in batch]
+            records = self._run_all([C.load(keys, sid) for sid in sids])
+            for sid, record in zip(sids, records, strict=True):
+                if record is not None:
+                    yield sid, record
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return the live sessions of ``user_id``: SMEMBERS of its index, then its sessions (stale members removed)."""
+        keys = self._base.keys
+        index = keys.user(user_id)
+        sids = self._run(C.members(index))
+        if not sids:
+            return []
+        found, stale = C.pick_user_sessions(user_id, sids, self._run_all([C.load(keys, sid) for sid in sids]))
+        if stale:
+            self._run(C.index_remove(index, stale))
+        return found
+
+    def gc(self, now: float) -> int:
+        """Remove sessions whose expiry is before ``now`` with their touch and index entry; return how many.
+
+        Redis drops sessions past their TTL itself; this also drops index members left by those.
+        """
+        keys = self._base.keys
+        removed = 0
+        for batch in self._scan(keys.scan_pattern(), "string"):
+            results = self._run_all([C.gc_one(keys, keys.sid_of(key), now) for key in batch])
+            then = [op for r in results if r is not None for op in r]
+            removed += sum(1 for r in results if r is not None)
+            self._run_all(then)
+        for batch in self._scan(keys.user_scan_pattern(), "set"):
+            sets = self._run_all([C.members(index) for index in batch])
+            pairs = [(index, sid) for index, sids in zip(batch, sets, strict=True) for sid in sids]
+            alive = self._run_all([C.exists(keys, sid) for _, sid in pairs])
+            stale: dict[str, list[str]] = {}
+            for (index, sid), live in zip(pairs, alive, strict=True):
+                if not live:
+                    stale.setdefault(index, []).append(sid)
+            self._run_all([C.index_remove(index, sids) for index, sids in stale.items()])
+        return removed
+
+    def stats(self) -> dict[str, float]:
+        """Return Redis' ``evicted_keys``, ``expired_keys``, ``used_memory`` and ``maxmemory_policy_evicts``."""
         client = self.client()
         try:
-            found = list(client.scan_iter(match=keys.scan_pattern(), count=500))
+            if isinstance(client, RedisCluster):
+                stats = client.info("stats", target_nodes=RedisCluster.PRIMARIES)
+                memory = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            else:
+                stats = client.info("stats")
+                memory = client.info("memory")
         except C.ERRORS as exc:
             raise self._base.unavailable(exc) from exc
-        for key in found:
-            sid = keys.sid_of(key)
-            record = self._run(C.load(keys, sid))
-            if record is not None:
-                yield sid, record
+        return C.figures(stats, memory)
 
 
 def from_url(url: BackendURL, key_prefix: str) -> RedisBackend:

@@ -6,6 +6,8 @@ it; the only difference is ``await``.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -54,7 +56,18 @@ class AsyncRedisBackend:
         self.name = name
         self.key_prefix = key_prefix
         self.config = config
-        self._base: C.RedisBase[AsyncClient] = C.RedisBase(name, C.Keys(key_prefix), lambda: connect(config))
+        self._base: C.RedisBase[AsyncClient] = C.RedisBase(name, C.Keys(key_prefix), self._connect)
+        #: The event loop the client was built on: its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
+        self._ordered = config.kind != "cluster"
+
+    def _connect(self) -> tuple[AsyncClient, list[Any]]:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop (client() in a test): the first command's loop owns it
+            self._loop = None
+        return connect(self.config)
 
     def client(self) -> AsyncClient:
         """The ``redis.asyncio`` client, built on first use (for administration and tests)."""
@@ -82,6 +95,32 @@ class AsyncRedisBackend:
                 base.policy_result(None, exc)
         return op.parse(reply)
 
+    async def _arun_all(self, ops: Sequence[C.Op[Any]]) -> list[Any]:
+        """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
+        if not ops:
+            return []
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for op in ops:
+                pipe.execute_command(*op.command)
+            replies = await pipe.execute(raise_on_error=False)
+            loaded: set[str] = set()
+            for i, (op, reply) in enumerate(zip(ops, replies, strict=True)):
+                if isinstance(reply, NoScriptError) and op.script is not None:
+                    if op.script not in loaded:
+                        await client.script_load(op.script)
+                        loaded.add(op.script)
+                    replies[i] = await client.execute_command(*op.command)
+                elif isinstance(reply, Exception):
+                    raise reply
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        return [op.parse(reply) for op, reply in zip(ops, replies, strict=True)]
+
     # -- primitives ----------------------------------------------------------------------------
 
     async def alock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
@@ -94,11 +133,24 @@ class AsyncRedisBackend:
 
     async def acreate(self, sid: str, record: Record, ttl: float | None) -> bool:
         """See :meth:`.redis.RedisBackend.create`."""
-        return await self._arun(C.create(self._base.keys, sid, record, ttl))
+        keys = self._base.keys
+        op = C.create(keys, sid, record, ttl)
+        if record.user_id is None:
+            return await self._arun(op)
+        if self._ordered:
+            stored: bool = (await self._arun_all((op, C.index_add(keys, sid, record.user_id))))[0]
+            return stored
+        stored = await self._arun(op)
+        if stored:
+            await self._arun(C.index_add(keys, sid, record.user_id))
+        return stored
 
     async def asave(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """See :meth:`.redis.RedisBackend.save`."""
-        return await self._arun(C.save(self._base.keys, sid, record, token, ttl))
+        saved, then = await self._arun(C.save(self._base.keys, sid, record, token, ttl))
+        if then:
+            await self._arun_all(then)
+        return saved
 
     async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
         """See :meth:`.redis.RedisBackend.release`."""
@@ -114,9 +166,32 @@ class AsyncRedisBackend:
 
     async def adelete(self, sid: str) -> None:
         """See :meth:`.redis.RedisBackend.delete`."""
-        await self._arun(C.delete(self._base.keys, sid))
+        then = await self._arun(C.delete(self._base.keys, sid))
+        if then:
+            await self._arun_all(then)
+
+    async def auser_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """See :meth:`.redis.RedisBackend.user_sessions`."""
+        keys = self._base.keys
+        index = keys.user(user_id)
+        sids = await self._arun(C.members(index))
+        if not sids:
+            return []
+        found, stale = C.pick_user_sessions(user_id, sids, await self._arun_all([C.load(keys, sid) for sid in sids]))
+        if stale:
+            await self._arun(C.index_remove(index, stale))
+        return found
 
     async def aclose(self) -> None:
-        """See :meth:`.redis.RedisBackend.close`."""
-        for client in self._base.take_closing():
+        """See :meth:`.redis.RedisBackend.close`; connections are closed on the event loop that opened them."""
+        owner, self._loop = self._loop, None
+        closing = self._base.take_closing()
+        if owner is not None and owner is not asyncio.get_running_loop():
+            # One app served from two loops (two test clients of one app): another loop's streams
+            # cannot be awaited here. Close them on their loop if it still runs; else they died with it.
+            if owner.is_running() and not owner.is_closed():
+                for client in closing:
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.aclose(), owner))
+            return
+        for client in closing:
             await client.aclose()
