@@ -125,24 +125,32 @@ class AsyncHandle(SessionHooks):
         self.core = core
         self.driver = driver
         self.scope = scope
-        self._req: RequestInfo | None = None
         self.action: CookieAction | None = None
         self.finished = False
         self._pending: asyncio.Task[Any] | None = None
 
+    # The request facts the core reads (RequestFacts), taken from the scope only when asked: most
+    # requests write nothing and never need them.
     @property
-    def req(self) -> RequestInfo:
-        """Path, client address and user agent of the request, read from the scope when first needed."""
-        if self._req is None:
-            scope = self.scope
-            agent = None
-            for name, value in scope["headers"]:
-                if name == b"user-agent":
-                    agent = value.decode("latin-1")
-                    break
-            client = scope.get("client")
-            self._req = RequestInfo(path=scope["path"], client_ip=client[0] if client else None, user_agent=agent)
-        return self._req
+    def path(self) -> str:
+        """The request path."""
+        path: str = self.scope["path"]
+        return path
+
+    @property
+    def client_ip(self) -> str | None:
+        """The client's address as the server reported it."""
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    @property
+    def user_agent(self) -> str | None:
+        """The User-Agent header, if any."""
+        for name, value in self.scope["headers"]:
+            if name == b"user-agent":
+                agent: str = value.decode("latin-1")
+                return agent
+        return None
 
     async def open(self, session: Session, found: tuple[str, float | None], lock: bool) -> None:
         """Load the session before the app runs."""
@@ -155,7 +163,7 @@ class AsyncHandle(SessionHooks):
                 now=time.time(),
                 mono=time.monotonic(),
                 signed_at=signed_at,
-                req=self.req,
+                req=self,
                 decode_later=True,
             )
         )
@@ -165,7 +173,9 @@ class AsyncHandle(SessionHooks):
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending
-        return await self._close(session)
+        if not self.finished:
+            return await self._close(session)
+        return self.action
 
     async def _close(self, session: Session) -> CookieAction | None:
         if not self.finished:
@@ -175,7 +185,7 @@ class AsyncHandle(SessionHooks):
                 session._released = True
                 return None
             self.action = await self.driver.run(
-                self.core.close(session, now=time.time(), mono=time.monotonic(), req=self.req)
+                self.core.close(session, now=time.time(), mono=time.monotonic(), req=self)
             )
         return self.action
 

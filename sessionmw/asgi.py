@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from starlette.datastructures import MutableHeaders
-
 from ._drive import AsyncDriver
 from ._handle import AsyncHandle
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +27,16 @@ __all__ = ["SessionMiddleware", "default_backend_url", "unavailable_body"]
 ROUTE_CACHE_SIZE = 4096
 
 ErrorResponse = Callable[[SessionUnavailable], tuple[int, list[tuple[str, str]], bytes]]
+
+
+def _add_vary_cookie(headers: list[tuple[bytes, bytes]]) -> None:
+    """Add ``Cookie`` to the response's Vary header (merged into one that exists, as Starlette does)."""
+    for i, (name, value) in enumerate(headers):
+        if name.lower() == b"vary":
+            if b"cookie" not in value.lower() and value.strip() != b"*":
+                headers[i] = (name, value + b", Cookie")
+            return
+    headers.append((b"vary", b"Cookie"))
 
 
 def default_backend_url() -> str:
@@ -217,11 +225,13 @@ class SessionMiddleware:
             if message["type"] == "http.response.start":
                 action = await handle.finish(session)
                 if action is not None or session.accessed:
-                    headers = MutableHeaders(scope=message)
+                    headers = message.get("headers")
+                    if type(headers) is not list:
+                        headers = message["headers"] = list(headers or ())
                     if session.accessed:
-                        headers.add_vary_header("Cookie")
+                        _add_vary_cookie(headers)
                     if action is not None:
-                        headers.append("set-cookie", self._cookie_header(action))
+                        headers.append((b"set-cookie", self._cookie_header(action).encode("latin-1")))
                 started = True
             await send(message)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Generator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from .backends.base import Record, Touch
 from .config import Settings
@@ -41,7 +41,7 @@ from .locking import new_lock_token, wait_delays
 from .serializers import get_serializer
 from .session import Session
 
-__all__ = ["Call", "CookieAction", "Queue", "RequestInfo", "SessionCore", "Sleep"]
+__all__ = ["Call", "CookieAction", "Queue", "RequestFacts", "RequestInfo", "SessionCore", "Sleep"]
 
 logger = logging.getLogger("sessionmw")
 
@@ -80,6 +80,19 @@ class Queue(NamedTuple):
 
 
 Op = Call | Sleep | Queue
+
+
+class RequestFacts(Protocol):
+    """What the core reads of a request (for metadata and log lines); adapters may compute it lazily."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def client_ip(self) -> str | None: ...
+
+    @property
+    def user_agent(self) -> str | None: ...
 
 
 class RequestInfo(NamedTuple):
@@ -159,7 +172,7 @@ class SessionCore:
         now: float,
         mono: float,
         signed_at: float | None = None,
-        req: RequestInfo = _NO_REQUEST,
+        req: RequestFacts = _NO_REQUEST,
         decode_later: bool = False,
     ) -> Generator[Op, Any, None]:
         """Load ``sid`` into ``s`` (taking its lock when ``lock``), or leave ``s`` new.
@@ -283,7 +296,7 @@ class SessionCore:
     # -- when the response starts -------------------------------------------------------------
 
     def close(
-        self, s: Session, *, now: float, mono: float, req: RequestInfo = _NO_REQUEST
+        self, s: Session, *, now: float, mono: float, req: RequestFacts = _NO_REQUEST
     ) -> Generator[Op, Any, CookieAction | None]:
         """Write ``s`` back and release its lock, as the module's case table says.
 
@@ -415,7 +428,7 @@ class SessionCore:
     def _touch_due(self, rec: Record, now: float) -> bool:
         return now - rec.last_access >= self._touch_every
 
-    def _touch(self, rec: Record, now: float, req: RequestInfo) -> Touch:
+    def _touch(self, rec: Record, now: float, req: RequestFacts) -> Touch:
         expires = self.expiry(rec.created, now, rec.idle_override, rec.idle_timeout)
         return Touch(last_access=now, last_ip=req.client_ip, expires=expires, ttl=self.ttl(expires, now))
 
@@ -428,7 +441,7 @@ class SessionCore:
             return CookieAction("set", self.signer.sign(sid))
         return None
 
-    def _record(self, s: Session, now: float, req: RequestInfo) -> tuple[Record, float | None]:
+    def _record(self, s: Session, now: float, req: RequestFacts) -> tuple[Record, float | None]:
         old = None if s._invalidated else s._record
         data = self.serializer.dumps(s._data())
         created = old.created if old is not None else now

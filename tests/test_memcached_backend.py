@@ -89,7 +89,7 @@ def test_url_default_port_and_options() -> None:
             "memcached://127.0.0.1:11211?replicas=2", "replicas", "replicas>1 is not supported yet", id="replicas"
         ),
         pytest.param("memcached://127.0.0.1?timeout=0", "timeout", "timeout", id="zero-timeout"),
-        pytest.param("memcached://127.0.0.1?socket_timeout=1", "socket_timeout", "did you mean", id="unknown"),
+        pytest.param("memcached://127.0.0.1?conect_timeout=1", "conect_timeout", "did you mean", id="unknown"),
         pytest.param("memcached://127.0.0.1:1,127.0.0.1:1", "backend", "listed twice", id="duplicate"),
         pytest.param("memcached://u:p@127.0.0.1", "backend", "credentials", id="credentials"),
         pytest.param("memcached://127.0.0.1/0", "backend", "path", id="path"),
