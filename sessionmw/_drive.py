@@ -32,6 +32,21 @@ T = TypeVar("T")
 _RELEASING = frozenset({"save", "release", "delete"})
 
 
+def count_waiter(waiters: dict[str, int], op: Queue) -> bool | None:
+    """Join or leave the queue of waiters for ``op.sid``; on joining, tell whether there was room."""
+    n = waiters.get(op.sid, 0)
+    if op.enter:
+        if n >= op.limit:
+            return False
+        waiters[op.sid] = n + 1
+        return True
+    if n <= 1:
+        waiters.pop(op.sid, None)
+    else:
+        waiters[op.sid] = n - 1
+    return None
+
+
 class SyncDriver:
     """Runs core flows against a sync :class:`Backend`, from any number of threads."""
 
@@ -78,18 +93,10 @@ class SyncDriver:
             return time.monotonic()
         assert type(op) is Queue
         with self._mutex:
-            n = self._waiters.get(op.sid, 0)
-            if op.enter:
-                if n >= op.limit:
-                    return False
-                self._waiters[op.sid] = n + 1
-                return True
-            if n <= 1:
-                self._waiters.pop(op.sid, None)
+            answer = count_waiter(self._waiters, op)
+            if op.sid not in self._waiters:
                 self._events.pop(op.sid, None)
-            else:
-                self._waiters[op.sid] = n - 1
-            return None
+            return answer
 
     def _wake(self, sid: str) -> None:
         if sid in self._events:
@@ -220,22 +227,9 @@ class AsyncDriver:
                         pass
                     result = time.monotonic()
                 else:
-                    result = self._queue(op)
+                    result = count_waiter(self._waiters, op)
             except BaseException as exc:  # noqa: B036 - re-raised through the flow's finally blocks
                 error = exc
-
-    def _queue(self, op: Queue) -> bool | None:
-        n = self._waiters.get(op.sid, 0)
-        if op.enter:
-            if n >= op.limit:
-                return False
-            self._waiters[op.sid] = n + 1
-            return True
-        if n <= 1:
-            self._waiters.pop(op.sid, None)
-        else:
-            self._waiters[op.sid] = n - 1
-        return None
 
     def _hold(self, sid: str, token: str) -> None:
         self._held[token] = (sid, time.monotonic())
