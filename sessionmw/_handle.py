@@ -104,7 +104,7 @@ class SyncHandle(SessionHooks):
                     lock=True,
                     now=time.time(),
                     mono=time.monotonic(),
-                    signed_at=getattr(session, "_cookie_signed_at", None),
+                    signed_at=session._cookie_signed_at,
                     req=self.req,
                 )
             )
@@ -234,4 +234,4 @@ class AsyncHandle(SessionHooks):
             raise ReadOnlySessionError("the session was already released; it cannot take a lock now")
         sid = self.core.reset_for_upgrade(session)
         if sid is not None:
-            await self.open(session, (sid, getattr(session, "_cookie_signed_at", None)), lock=True)
+            await self.open(session, (sid, session._cookie_signed_at), lock=True)

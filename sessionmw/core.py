@@ -184,8 +184,8 @@ class SessionCore:
         time; nothing is held then.
         """
         settings = self.settings
-        s._cookie_signed_at = signed_at  # type: ignore[attr-defined]
-        s._cookie_sid = sid  # type: ignore[attr-defined]
+        s._cookie_signed_at = signed_at
+        s._cookie_sid = sid
         token: str | None = None
         if not lock:
             rec = yield Call("load", (sid,))
@@ -220,7 +220,7 @@ class SessionCore:
                 if queued:
                     yield Queue(sid, False, settings.max_waiters)
             waited = mono - started
-            s._lock_mono = mono  # type: ignore[attr-defined]
+            s._lock_mono = mono
             if settings.lock_warn is not None and waited > settings.lock_warn:
                 logger.warning("waited %.3f s for the session lock on %s", waited, req.path or "?")
             elif waited > 0:
@@ -314,7 +314,7 @@ class SessionCore:
         s._token = None
         try:
             if token is not None and stored is not None:
-                held = mono - getattr(s, "_lock_mono", mono)
+                held = mono - (s._lock_mono if s._lock_mono is not None else mono)
                 logger.debug("held the session lock %.3f s on %s", held, req.path or "?")
             if s._read_only:
                 if stored is not None and s._record is not None and self._touch_due(s._record, now):
@@ -403,7 +403,7 @@ class SessionCore:
 
     def reset_for_upgrade(self, s: Session) -> str | None:
         """Forget what a read-only request read, before it re-reads under the lock; return the id."""
-        sid = s._stored_id or getattr(s, "_cookie_sid", None)
+        sid = s._stored_id or s._cookie_sid
         s._fill({})
         s._id = s._stored_id = None
         s._record = None
@@ -434,7 +434,7 @@ class SessionCore:
 
     def _refresh(self, sid: str, s: Session, now: float) -> CookieAction | None:
         """Re-send the cookie of a persistent session once per touch interval, so its Max-Age slides."""
-        signed_at = getattr(s, "_cookie_signed_at", None)
+        signed_at = s._cookie_signed_at
         if self.settings.max_age is None or signed_at is None:
             return None
         if now - signed_at >= max(1.0, self._touch_every):

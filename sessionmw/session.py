@@ -96,6 +96,11 @@ class Session(dict[str, Any]):
     _decode: Callable[[bytes], dict[str, Any]] | None = None
     #: Why the session could not be loaded; raised at first use (ASGI loads before the app runs).
     _error: BaseException | None = None
+    #: The id the request's cookie named, and when that cookie was signed (for sliding Max-Age).
+    _cookie_sid: str | None = None
+    _cookie_signed_at: float | None = None
+    #: Monotonic time the lock was obtained (for the hold-time log line).
+    _lock_mono: float | None = None
 
     @property
     def _changed(self) -> set[str]:
