@@ -223,32 +223,31 @@ def test_sync_cluster_unreachable_is_backend_unavailable() -> None:
 # -- pure pieces ---------------------------------------------------------------------------------
 
 
-def test_data_touch_and_lock_share_a_cluster_slot() -> None:
+def test_data_and_lock_share_a_cluster_slot() -> None:
     for prefix in ("sessmw:", "", "a:b:", "x*y["):
         keys = C.Keys(prefix)
         for sid in (new_session_id(), "abc", "a}b"):
-            slot = key_slot(keys.data(sid).encode())
-            assert key_slot(keys.touch(sid).encode()) == slot == key_slot(keys.lock(sid).encode())
+            assert key_slot(keys.data(sid).encode()) == key_slot(keys.lock(sid).encode())
     keys = C.Keys("sessmw:")
     assert keys.data("abc") == "sessmw:{abc}" and keys.lock("abc") == "sessmw:{abc}:lock"
-    assert keys.touch("abc") == "sessmw:{abc}:a"
     assert keys.sid_of(b"sessmw:{abc}") == "abc"
 
 
 def test_ops_name_the_keys_of_keys() -> None:
     keys, sid, t = C.Keys("p:"), "abc", Touch(1.0, None, None, None)
-    three = (keys.data(sid), keys.touch(sid), keys.lock(sid))
+    two = (keys.data(sid).encode(), keys.lock(sid).encode())
     for op in (C.lock_and_load(keys, sid, "t", 1), C.save(keys, sid, rec(), "t", 1), C.release(keys, sid, "t", t)):
         assert op.command[0] == "EVALSHA" and op.script is not None
-        assert op.command[1] == hashlib.sha1(op.script.encode()).hexdigest()
-        assert op.command[2:6] == (3, *three)
-    assert C.touch(keys, sid, t).command[2:5] == (2, keys.data(sid), keys.touch(sid))
-    assert C.extend(keys, sid, "t", 1).command[2:4] == (1, keys.lock(sid))
-    assert C.load(keys, sid).command == ("MGET", keys.data(sid), keys.touch(sid))
-    assert C.delete(keys, sid).command[2:] == (2, keys.data(sid), keys.touch(sid))
-    assert C.gc_one(keys, sid, 5.0).command[2:] == (2, keys.data(sid), keys.touch(sid), "5.0")
-    assert C.save(keys, sid, rec(user_id='al"ice'), "t", 1).command[-1] == '["al\\"ice"]'
-    assert C.save(keys, sid, rec(), "t", 1).command[-1] == "[null]"
+        assert op.command[1] == hashlib.sha1(op.script.encode()).hexdigest().encode()
+        assert op.command[2:5] == (b"2", *two)
+    assert C.lock_and_load(keys, sid, "t k", 1.5).command[5:] == (b"1500 t k",), "expiry and token in one argument"
+    assert C.save(keys, sid, rec(), "t", 2).command[5] == b"2000 t"
+    assert C.save(keys, sid, rec(), "t", None).command[5] == b"- t"
+    assert C.touch(keys, sid, t).command[2:4] == (b"1", keys.data(sid))
+    assert C.extend(keys, sid, "t", 1).command[2:4] == (b"1", keys.lock(sid))
+    assert C.load(keys, sid).command == ("GET", keys.data(sid))
+    assert C.delete(keys, sid).command[2:] == (b"1", keys.data(sid))
+    assert C.gc_one(keys, sid, 5.0).command[2:] == (b"1", keys.data(sid), "5.0")
     assert C.index_add(keys, sid, 7).command == ("SADD", "p:user:{7}", sid)
     assert C.create(keys, sid, rec(), 2).command[::3] == ("SET", "NX")
     assert C.create(keys, sid, rec(), None).command[-1] == "NX"
@@ -258,23 +257,29 @@ def test_milliseconds_round_up_to_at_least_one() -> None:
     assert C.ms(0) == 1 and C.ms(0.0001) == 1 and C.ms(1.0001) == 1001 and C.ms(30) == 30000
 
 
-def test_merge_applies_a_newer_touch_only() -> None:
-    r = rec(b"\x00\xffbin", user_id="42", last_ip="::1", user_agent="ua", idle_override=True, idle_timeout=9.5)
-    blob = encode_record(r)
-    assert C.merge(blob, None) == r
-    assert C.merge(None, b"1 - x") is None
-    assert C.merge(b"not a record", None) is None and C.merge(b"[1]\n", None) is None
-    later = r.last_access + 10.125
-    head, ttl, ip = C.touch_args(Touch(later, "10.0.0.1", later + 60, 30))
-    assert ttl == 30000 and ip == "10.0.0.1" and isinstance(head, str)
-    stored = f"{head} {ip}".encode()  # what the Lua touch() stores
-    assert C.merge(blob, stored) == r._replace(last_access=later, last_ip="10.0.0.1", expires=later + 60)
-    head, ttl = C.touch_args(Touch(later, None, None, None))
-    assert isinstance(head, str)
-    assert ttl == "" and C.merge(blob, head.encode()) == r._replace(last_access=later, expires=None)
-    older = C.touch_args(Touch(r.last_access - 1, "10.9.9.9", None, None))
-    assert C.merge(blob, f"{older[0]!s} {older[2]!s}".encode()) == r, "an older touch is ignored"
-    assert C.merge(blob, b"garbage") == r
+def test_encode_is_encode_record_and_decode_reads_it() -> None:
+    for r in (
+        rec(
+            b"\x00\xffbin",
+            user_id="42",
+            last_ip="::1",
+            user_agent="ua \u00e9 \u2603",
+            idle_override=True,
+            idle_timeout=9.5,
+        ),
+        rec(b"", user_id=7, expires=time.time() + 60),
+        rec(b"\n\n", user_id='a"l,i]ce', first_ip=None),
+    ):
+        assert C.encode(r) == encode_record(r)
+        assert C.decode(C.encode(r)) == r
+    assert C.decode(None) is None
+    assert C.decode(b"not a record") is None and C.decode(b"[1]\n") is None
+
+
+def test_touch_args_carry_expiry_and_ttl_in_one_argument() -> None:
+    later = 1_700_000_000.125
+    assert C.touch_args(Touch(later, "10.0.0.1", later + 60, 30)) == [f"{later!r} {later + 60!r} 30000", "10.0.0.1"]
+    assert C.touch_args(Touch(later, None, None, None)) == [f"{later!r} null -"]
 
 
 def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_error(
@@ -292,35 +297,37 @@ def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_e
 
 
 @redis_service
-def test_record_is_one_string_and_touch_writes_only_the_touch_key(backend: RedisBackend, raw: redis.Redis) -> None:
+def test_record_is_one_string_and_touch_rewrites_only_its_metadata(backend: RedisBackend, raw: redis.Redis) -> None:
     sid = new_session_id()
     keys = backend._base.keys
-    key, tkey, lkey = keys.data(sid), keys.touch(sid), keys.lock(sid)
-    first = rec(b'{"v":1}', user_id=7, last_ip="10.0.0.1")
+    key, lkey = keys.data(sid), keys.lock(sid)
+    first = rec(b'{"v":1}\n[x,]', user_id=7, last_ip="10.0.0.1", user_agent='Moz, "q" ]\\ \u00e9', idle_timeout=9.5)
     assert backend.create(sid, first, ttl=1.5)
     assert raw.type(key) == b"string" and raw.get(key) == encode_record(first)
     assert 1000 < raw.pttl(key) <= 1500
-    marker = encode_record(first._replace(data=b"marker"))
-    raw.set(key, marker, keepttl=True)  # a touch that rewrote the data would undo this
-    later = time.time() + 5
+    later = time.time() + 5.123456789
     backend.touch(sid, Touch(last_access=later, last_ip="10.0.0.2", expires=later + 9, ttl=30))
-    assert raw.get(key) == marker
-    assert 29000 < raw.pttl(key) <= 30000 and 29000 < raw.pttl(tkey) <= 30000, "a touch refreshes both TTLs"
+    touched = first._replace(last_access=later, last_ip="10.0.0.2", expires=later + 9)
+    assert raw.get(key) == encode_record(touched), "every other element keeps its exact text"
+    assert 29000 < raw.pttl(key) <= 30000, "a touch refreshes the TTL"
+    assert raw.keys(f"{key}*") == [key.encode()], "no second key"
     backend.touch(sid, Touch(last_access=later + 1, last_ip=None, expires=None, ttl=None))
-    assert raw.get(key) == marker
-    assert raw.pttl(key) == -1 and raw.pttl(tkey) == -1, "ttl=None persists both keys"
+    assert raw.pttl(key) == -1, "ttl=None persists the record"
     got = backend.load(sid)
-    assert got == first._replace(data=b"marker", last_access=later + 1, last_ip="10.0.0.2", expires=None), (
-        "an unknown IP keeps the one touched before"
-    )
+    assert got == touched._replace(last_access=later + 1, expires=None), "an unknown IP keeps the one before"
+    assert got is not None and type(got.created) is float and type(got.last_access) is float
+    backend.touch(sid, Touch(last_access=later, last_ip="10.9.9.9", expires=later, ttl=20))
+    assert backend.load(sid) == got, "an older touch changes no metadata"
+    assert 19000 < raw.pttl(key) <= 20000, "but refreshes the TTL, as every touch does"
+    backend.touch(sid, Touch(last_access=later + 2, last_ip='"\u00e9\\/', expires=None, ttl=None))
+    assert backend.load(sid) == got._replace(last_access=later + 2, last_ip='"\u00e9\\/')
     token = new_lock_token()
     locked, got2 = backend.lock_and_load(sid, token, 1.0)
-    assert locked and got2 == got
+    assert locked and got2 == backend.load(sid)
     assert 0 < raw.pttl(lkey) <= 1000
     second = rec(b'{"v":2}', user_id=None)
     assert backend.save(sid, second, token, ttl=60)
     assert raw.get(key) == encode_record(second) and 59000 < raw.pttl(key) <= 60000
-    assert not raw.exists(tkey), "a save folds the touch into the record"
     assert not raw.exists(lkey)
     assert backend.load(sid) == second
     token = new_lock_token()
@@ -328,7 +335,18 @@ def test_record_is_one_string_and_touch_writes_only_the_touch_key(backend: Redis
     assert backend.save(sid, second, token, ttl=None)
     assert raw.pttl(key) == -1, "ttl=None saves without a TTL"
     backend.delete(sid)
-    assert not raw.exists(key) and not raw.exists(tkey)
+    assert not raw.exists(key)
+
+
+@redis_service
+def test_touch_leaves_a_foreign_value_alone(backend: RedisBackend, raw: redis.Redis) -> None:
+    sid = new_session_id()
+    key = backend._base.keys.data(sid)
+    for foreign in (b"not a record", b"[1,2]\n", b'["unterminated\n'):
+        raw.set(key, foreign)
+        backend.touch(sid, Touch(time.time(), "::1", None, 60))
+        assert raw.get(key) == foreign
+        assert backend.load(sid) is None
 
 
 @redis_service
@@ -340,7 +358,7 @@ def test_touch_and_release_never_create_a_session(backend: RedisBackend, raw: re
     assert backend.lock_and_load(sid, token, 30) == (True, None)
     assert not backend.release(sid, new_lock_token(), Touch(time.time(), "::1", None, 60))
     assert backend.release(sid, token, Touch(time.time(), "::1", None, 60))
-    assert not raw.exists(keys.data(sid), keys.touch(sid), keys.lock(sid))
+    assert not raw.exists(keys.data(sid), keys.lock(sid))
 
 
 @redis_service
@@ -451,7 +469,7 @@ def test_every_primitive_is_one_round_trip(
         ("lock_and_load again", lambda: backend.lock_and_load(sid, token, 30), "evalsha"),
         ("release with touch", lambda: backend.release(sid, token, Touch(now, "::1", None, 60)), "evalsha"),
         ("touch", lambda: backend.touch(sid, Touch(now, None, None, 60)), "evalsha"),
-        ("load", lambda: backend.load(sid), "mget"),
+        ("load", lambda: backend.load(sid), "get"),
         ("delete", lambda: backend.delete(sid), "evalsha"),
     ]
     for what, call, command in calls:
@@ -713,7 +731,9 @@ def test_index_holds_each_users_sessions(
     later = time.time() + 30
     backend.touch(a1, Touch(later, "10.0.0.9", None, 60))
     got = dict(backend.user_sessions("alice"))
-    assert got[a1].last_access == later and got[a1].last_ip == "10.0.0.9", "touches are merged as load() does"
+    assert got[a1].last_access == later and got[a1].last_ip == "10.0.0.9", (
+        "touches are in the record, as load() reads it"
+    )
 
     async def async_side() -> None:
         ab = open_async_backend(redis_url, key_prefix=key_prefix)
@@ -842,7 +862,7 @@ def test_gc_removes_expired_records_with_their_touch_and_index_entry(backend: Re
     token = new_lock_token()
     assert backend.lock_and_load(expired, token, 30)[0]
     assert backend.gc(now) == 2
-    assert not raw.exists(keys.data(expired), keys.touch(expired), keys.data(anon_expired))
+    assert not raw.exists(keys.data(expired), keys.data(anon_expired))
     assert raw.exists(keys.lock(expired)), "gc leaves a lock to its holder"
     assert not backend.save(expired, rec(user_id="jo"), token, 60), "the holder cannot resurrect it"
     assert members(raw, keys.user("jo")) == {forever, live, touched}

@@ -8,15 +8,15 @@ A twin's method builds an op and runs it; the only difference between the twins 
 Layout, for a session ``sid`` under key prefix ``p``::
 
     p{sid}        the record: one string, encode_record(record) (a JSON line of metadata, then the data)
-    p{sid}:a      the last touch, if newer than the record: "<last_access> <expires|-> [<last_ip>]"
     p{sid}:lock   the lock: a string holding the owner's token, with a PX expiry
     puser:{uid}   the per-user index: a set of the sids of user ``uid`` (``str(user_id)``), no TTL
 
-The ``{sid}`` hash tag puts the three keys of one session in one Cluster slot, so every script (and
-MGET, DEL) may use all of them. The record is one string, so a save is one SET and a load one bulk
-reply; a touch writes only the small ``:a`` key (and refreshes the record's TTL), never the data,
-and a load merges it when its last access is newer, as the file backend does with its ``.touch``
-file. A save rewrites the whole record, so it deletes the ``:a`` key.
+The ``{sid}`` hash tag puts the two keys of one session in one Cluster slot, so every script may use
+both. The record is one string, so a save is one SET and a load one GET of one bulk reply. A touch
+rewrites the record's metadata line in place, server-side (last access, expiry, last IP; the other
+elements keep their exact text) and refreshes its TTL: the data never crosses the wire, and no
+second key is read or written by a lock, a load or a save. (Versions before kept the last touch in
+a ``p{sid}:a`` key; one left over is ignored and expires with its TTL.)
 
 The per-user index has its own hash tag, so in Cluster it lives in another slot than the session: it
 is updated by a separate command, never inside a session's script. ``create`` of a session with a
@@ -46,7 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendUnavailable, ConfigError
 from ._url import BackendURL, boolean, positive_float, positive_int
-from .base import Record, Touch, decode_record, encode_record
+from .base import Record, Touch, decode_record
 
 __all__ = [
     "BATCH",
@@ -72,7 +72,8 @@ __all__ = [
     "pick_user_sessions",
     "lock_and_load",
     "members",
-    "merge",
+    "decode",
+    "encode",
     "ms",
     "reindex",
     "release",
@@ -107,10 +108,6 @@ class Keys:
         """The string holding the record of ``sid``."""
         return f"{self.prefix}{{{sid}}}"
 
-    def touch(self, sid: str) -> str:
-        """The last touch of ``sid``; same hash tag as its data, so same Cluster slot."""
-        return f"{self.prefix}{{{sid}}}:a"
-
     def lock(self, sid: str) -> str:
         """The lock of ``sid``; same hash tag as its data, so same Cluster slot."""
         return f"{self.prefix}{{{sid}}}:lock"
@@ -123,7 +120,7 @@ class Keys:
         return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
 
     def scan_pattern(self) -> str:
-        """A SCAN MATCH pattern for every data key under this prefix (touch and lock keys do not end in ``}``)."""
+        """A SCAN MATCH pattern for every data key under this prefix (lock keys do not end in ``}``)."""
         return self._escaped() + "{*}"
 
     def user_scan_pattern(self) -> str:
@@ -137,126 +134,160 @@ class Keys:
 
 
 # -- Lua -----------------------------------------------------------------------------------------
-
-# touch(at): apply the touch in ARGV[at..] to the session whose data is KEYS[1] and touch key KEYS[2]:
-#   ARGV[at]      "<last_access> <expires|->", the new touch value without its IP
-#   ARGV[at+1]    the TTL in ms for both keys, or "" for none (PERSIST)
-#   ARGV[at+2]    the last IP; absent = unknown, keep the IP of the touch stored before (if any)
-# Returns 1 when the session exists (touched), 0 when it does not (nothing created).
-_TOUCH_FN = """
-local function touch(at)
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-  local ip = ARGV[at + 2]
-  if ip == nil then
-    local old = redis.call('GET', KEYS[2])
-    if old then ip = string.match(old, '^%S+ %S+ (.*)$') end
+#
+# The scripts read a record's metadata line as text, never through cjson: they split the JSON array
+# that Python's json.dumps wrote (no spaces, so only a string element can hold a ',' or ']') into its
+# elements' texts and compare or replace those, so every element they do not replace keeps its exact
+# text (cjson would round floats to 14 digits and big integers to doubles).
+#
+# fields(value, n): the texts of the first n elements of the JSON array at the start of value, and the
+# position of the ',' or ']' after the nth one; nil when value does not start with such an array.
+_FIELDS_FN = r"""
+local function fields(value, n)
+  if string.byte(value, 1) ~= 91 then return nil end
+  local out, i, j = {}, 2, 0
+  for k = 1, n do
+    if string.byte(value, i) == 34 then
+      j = i + 1
+      while true do
+        local q = string.find(value, '["\\]', j)
+        if not q then return nil end
+        if string.byte(value, q) == 34 then j = q + 1; break end
+        j = q + 2
+      end
+    else
+      j = string.find(value, '[,%]]', i)
+      if not j then return nil end
+    end
+    local c = string.byte(value, j)
+    if c ~= 44 and (c ~= 93 or k < n) then return nil end
+    out[k] = string.sub(value, i, j - 1)
+    i = j + 1
   end
-  local value = ARGV[at]
-  if ip then value = value .. ' ' .. ip end
-  if ARGV[at + 1] == '' then
-    redis.call('SET', KEYS[2], value)
+  return out, j
+end
+"""
+
+# touch(at): apply the touch in ARGV[at..] to the session whose record is KEYS[1]:
+#   ARGV[at]      "<last_access> <expires|null> <TTL in ms|->" (- = no TTL: PERSIST)
+#   ARGV[at+1]    the last IP; absent = unknown, keep the record's
+# When the touch is newer than the record's last access, rewrites the record with last_access, expires
+# and (if given) last_ip replaced in its metadata line; else only refreshes the TTL (a newer write won).
+# Returns 1 when the session exists (touched), 0 when it does not (nothing created).
+_TOUCH_FN = (
+    _FIELDS_FN
+    + r"""
+local function touch(at)
+  local value = redis.call('GET', KEYS[1])
+  if not value then return 0 end
+  local at_, ex, ttl = string.match(ARGV[at], '^(%S+) (%S+) (%S+)$')
+  local f, j = fields(value, 9)
+  local old = f and tonumber(f[2])
+  if old and old < tonumber(at_) then
+    f[2] = at_
+    f[9] = ex
+    if ARGV[at + 1] then f[5] = cjson.encode(ARGV[at + 1]) end
+    value = '[' .. table.concat(f, ',') .. string.sub(value, j)
+    if ttl == '-' then
+      redis.call('SET', KEYS[1], value)
+    else
+      redis.call('SET', KEYS[1], value, 'PX', ttl)
+    end
+  elseif ttl == '-' then
     redis.call('PERSIST', KEYS[1])
   else
-    redis.call('SET', KEYS[2], value, 'PX', ARGV[at + 1])
-    redis.call('PEXPIRE', KEYS[1], ARGV[at + 1])
+    redis.call('PEXPIRE', KEYS[1], ttl)
   end
   return 1
 end
 """
+)
 
-# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] lock expiry in ms.
-# Returns nil when another token holds the lock, else {data, touch} (each nil when absent).
+# KEYS[1] data, KEYS[2] lock; ARGV[1] "<lock expiry in ms> <token>" (one argument: cheaper to send).
+# Returns 0 when another token holds the lock, else the record (nil when there is none).
 _LOCK_AND_LOAD = """
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('MGET', KEYS[1], KEYS[2])
+local px, token = string.match(ARGV[1], '^(%d+) (.*)$')
+if not redis.call('SET', KEYS[2], token, 'NX', 'PX', px) then return 0 end
+return redis.call('GET', KEYS[1])
 """
 
 # head(value): the JSON metadata line of a stored record (before its first newline), or '' if none.
-_HEAD_FN = """
+_HEAD_FN = r"""
 local function head(value)
-  local nl = string.find(value, '\\n', 1, true)
+  local nl = string.find(value, '\n', 1, true)
   if not nl then return '' end
   return string.sub(value, 1, nl - 1)
 end
 """
 
-# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2] the record, ARGV[3] TTL in ms or "",
-# ARGV[4] the record's user id as a one-element JSON list ("[null]", "[7]", '["alice"]').
-# Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and the touch
-# and returns 0 when the session was deleted meanwhile (SET XX: an ended session is never resurrected),
-# 1 when the record was written over one of the same user, and the overwritten record's metadata line
-# when the user changed (the caller then moves the sid between index sets: another slot in Cluster).
+# KEYS[1] data, KEYS[2] lock; ARGV[1] "<TTL in ms> <token>" (no TTL: "- <token>"), ARGV[2] the record.
+# Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and returns 0
+# when the session was deleted meanwhile (SET XX: an ended session is never resurrected), 1 when the
+# record was written over one of the same user (the same text of the user id, element 3 of both
+# metadata lines), and the overwritten record's metadata line when the user changed (the caller then
+# moves the sid between index sets: another slot in Cluster).
 _SAVE = (
-    _HEAD_FN
+    _FIELDS_FN
+    + _HEAD_FN
     + """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+local px, token = string.match(ARGV[1], '^(%S+) (.*)$')
+if redis.call('GET', KEYS[2]) ~= token then return 0 end
 local old
-if ARGV[3] == '' then
+if px == '-' then
   old = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET')
 else
-  old = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET', 'PX', ARGV[3])
+  old = redis.call('SET', KEYS[1], ARGV[2], 'XX', 'GET', 'PX', px)
 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2])
 if not old then return 0 end
-local h = head(old)
-local ok, meta = pcall(cjson.decode, h)
-local ok2, new = pcall(cjson.decode, ARGV[4])
-if ok and ok2 and type(meta) == 'table' and type(new) == 'table' and meta[3] == new[1] then return 1 end
-return h
+local was, is = fields(old, 3), fields(ARGV[2], 3)
+if was and is and was[3] == is[3] then return 1 end
+return head(old)
 """
 )
 
-# KEYS[1] data, KEYS[2] touch. Deletes both; returns the deleted record's metadata line (for its user),
-# or nil when there was no record.
+# KEYS[1] data. Deletes it; returns the deleted record's metadata line (for its user), or nil when there
+# was no record.
 _DELETE = (
     _HEAD_FN
     + """
-local old = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+local old = redis.call('GETDEL', KEYS[1])
 if not old then return false end
 return head(old)
 """
 )
 
-# KEYS[1] data, KEYS[2] touch; ARGV[1] now. Deletes the session when its expiry (from the record, or from
-# a newer touch, as merge() reads them) is before now; returns its metadata line then, else nil. The
-# check and the delete are atomic, so a session touched or saved since it was listed is kept.
+# KEYS[1] data; ARGV[1] now. Deletes the session when its expiry (element 9 of the metadata line) is
+# before now; returns its metadata line then, else nil. The check and the delete are atomic, so a
+# session touched or saved since it was listed is kept.
 _GC = (
-    _HEAD_FN
+    _FIELDS_FN
+    + _HEAD_FN
     + """
 local data = redis.call('GET', KEYS[1])
 if not data then return false end
-local h = head(data)
-local ok, meta = pcall(cjson.decode, h)
-if not ok or type(meta) ~= 'table' or type(meta[2]) ~= 'number' then return false end
-local expires = meta[9]
-local t = redis.call('GET', KEYS[2])
-if t then
-  local at, ex = string.match(t, '^(%S+) (%S+)')
-  at = tonumber(at)
-  if at and at > meta[2] then
-    if ex == '-' then expires = nil else expires = tonumber(ex) end
-  end
-end
-if type(expires) ~= 'number' or expires >= tonumber(ARGV[1]) then return false end
-redis.call('DEL', KEYS[1], KEYS[2])
-return h
+local f = fields(data, 9)
+if not f or not tonumber(f[2]) then return false end
+local expires = tonumber(f[9])
+if not expires or expires >= tonumber(ARGV[1]) then return false end
+redis.call('DEL', KEYS[1])
+return head(data)
 """
 )
 
-# KEYS[1] data, KEYS[2] touch, KEYS[3] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
+# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
 # Returns 1 when the token held the lock (deleted; the touch applied if the data still exists), else 0.
 _RELEASE = (
     _TOUCH_FN
     + """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[3])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
 if #ARGV > 1 then touch(2) end
 return 1
 """
 )
 
-# KEYS[1] data, KEYS[2] touch; ARGV[1..] a touch (see touch()).
+# KEYS[1] data; ARGV[1..] a touch (see touch()).
 # Returns 1 when the session existed and was touched, 0 when there is none (nothing created).
 _TOUCH = (
     _TOUCH_FN
@@ -298,31 +329,32 @@ def ms(seconds: float) -> int:
 
 
 def touch_args(t: Touch) -> list[Arg]:
-    """The arguments of the Lua ``touch()``: the value without IP, the TTL, and the IP when known."""
-    head = f"{float(t.last_access)!r} {'-' if t.expires is None else repr(float(t.expires))}"
-    ttl = "" if t.ttl is None else ms(t.ttl)
-    return [head, ttl] if t.last_ip is None else [head, ttl, t.last_ip]
+    """The arguments of the Lua ``touch()``: "<last_access> <expires|null> <ttl ms|->", and the IP when known."""
+    expires = "null" if t.expires is None else repr(float(t.expires))
+    head = f"{float(t.last_access)!r} {expires} {'-' if t.ttl is None else ms(t.ttl)}"
+    return [head] if t.last_ip is None else [head, t.last_ip]
 
 
-def merge(data: bytes | None, touched: bytes | None) -> Record | None:
-    """The record in a data value, with the touch value applied when it is newer; ``None`` if missing or foreign."""
+#: What encode_record's json.dumps(..., separators=(",", ":")) does, without building an encoder per call.
+_DUMPS = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def encode(record: Record) -> bytes:
+    """``encode_record(record)``, byte for byte (a test holds them equal), at half its cost.
+
+    The metadata line is the record's fields after ``data``, in order, as ``encode_record`` lists them.
+    """
+    return b"%b\n%b" % (_DUMPS(record[1:]).encode(), record.data)
+
+
+def decode(data: bytes | None) -> Record | None:
+    """The record in a data value; ``None`` if missing or foreign."""
     if data is None:
         return None
     try:
-        record = decode_record(data)
+        return decode_record(data)
     except (ValueError, IndexError, TypeError):
         return None
-    if touched is not None:
-        try:
-            parts = touched.split(b" ", 2)
-            last_access = float(parts[0])
-            if last_access > record.last_access:
-                expires = None if parts[1] == b"-" else float(parts[1])
-                last_ip = parts[2].decode("utf-8") if len(parts) > 2 else None
-                record = record.touched(Touch(last_access, last_ip, expires, None))
-        except (ValueError, IndexError):
-            pass
-    return record
 
 
 # -- operations: one round trip each ------------------------------------------------------------
@@ -346,46 +378,49 @@ def _flag(reply: Any) -> bool:
 
 
 def _locked(reply: Any) -> tuple[bool, Record | None]:
-    if reply is None:
+    if reply == 0:
         return False, None
-    return True, merge(reply[0], reply[1])
-
-
-def _record(reply: Any) -> Record | None:
-    return merge(reply[0], reply[1])
+    return True, decode(reply)
 
 
 def _nothing(reply: Any) -> None:
     return None
 
 
-_LOCK_AND_LOAD_SHA = SHAS["lock_and_load"]
-_SAVE_SHA = SHAS["save"]
-_RELEASE_SHA = SHAS["release"]
-_TOUCH_SHA = SHAS["touch"]
-_EXTEND_SHA = SHAS["extend"]
-_DELETE_SHA = SHAS["delete"]
-_GC_SHA = SHAS["gc"]
+# The arguments of the hot ops go as bytes where that is free: redis-py's encoder passes bytes
+# through and walks a chain of type checks for anything else, per argument, per call.
+_LOCK_AND_LOAD_SHA = SHAS["lock_and_load"].encode()
+_SAVE_SHA = SHAS["save"].encode()
+_RELEASE_SHA = SHAS["release"].encode()
+_TOUCH_SHA = SHAS["touch"].encode()
+_EXTEND_SHA = SHAS["extend"].encode()
+_DELETE_SHA = SHAS["delete"].encode()
+_GC_SHA = SHAS["gc"].encode()
+_ONE = b"1"
+_TWO = b"2"
 
 
 def lock_and_load(keys: Keys, sid: str, token: str, expire: float) -> Op[tuple[bool, Record | None]]:
-    """SET lock NX PX, and MGET data and touch when that worked."""
-    k = f"{keys.prefix}{{{sid}}}"
-    return Op(("EVALSHA", _LOCK_AND_LOAD_SHA, 3, k, k + ":a", k + ":lock", token, ms(expire)), _LOCK_AND_LOAD, _locked)
+    """SET lock NX PX, and GET the record when that worked."""
+    k = f"{keys.prefix}{{{sid}}}".encode()
+    return Op(
+        ("EVALSHA", _LOCK_AND_LOAD_SHA, _TWO, k, k + b":lock", f"{ms(expire)} {token}".encode()),
+        _LOCK_AND_LOAD,
+        _locked,
+    )
 
 
 def load(keys: Keys, sid: str) -> Op[Record | None]:
-    """MGET data and touch."""
-    k = f"{keys.prefix}{{{sid}}}"
-    return Op(("MGET", k, k + ":a"), None, _record)
+    """GET the record."""
+    return Op(("GET", f"{keys.prefix}{{{sid}}}"), None, decode)
 
 
 def create(keys: Keys, sid: str, record: Record, ttl: float | None) -> Op[bool]:
     """SET the record NX (PX ttl): stored only if the key is unused."""
     k = f"{keys.prefix}{{{sid}}}"
     if ttl is None:
-        return Op(("SET", k, encode_record(record), "NX"), None, _flag)
-    return Op(("SET", k, encode_record(record), "NX", "PX", ms(ttl)), None, _flag)
+        return Op(("SET", k, encode(record), "NX"), None, _flag)
+    return Op(("SET", k, encode(record), "NX", "PX", ms(ttl)), None, _flag)
 
 
 #: What a write leaves to do in the per-user index (another Cluster slot): ops to run after it, often none.
@@ -394,28 +429,20 @@ _NONE: FollowUps = ()
 
 
 def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) -> Op[tuple[bool, FollowUps]]:
-    """If the token holds the lock: write the record over an existing one, delete the touch and the lock.
+    """If the token holds the lock: write the record over an existing one and delete the lock.
 
     Reads as ``(saved, follow_ups)``: the index updates to run when the script saw the user change.
     """
-    k = f"{keys.prefix}{{{sid}}}"
-    px = "" if ttl is None else ms(ttl)
-    user = record.user_id
+    k = f"{keys.prefix}{{{sid}}}".encode()
 
     def parse(reply: Any) -> tuple[bool, FollowUps]:
         if type(reply) is int:
             return reply == 1, _NONE
-        return True, reindex(keys, sid, head_user(reply), user)
+        return True, reindex(keys, sid, head_user(reply), record.user_id)
 
-    command = ("EVALSHA", _SAVE_SHA, 3, k, k + ":a", k + ":lock", token, encode_record(record), px, _user_arg(user))
+    head = f"- {token}" if ttl is None else f"{ms(ttl)} {token}"
+    command = ("EVALSHA", _SAVE_SHA, _TWO, k, k + b":lock", head.encode(), encode(record))
     return Op(command, _SAVE, parse)
-
-
-def _user_arg(user_id: str | int | None) -> str:
-    """The user id as the save script compares it: a one-element JSON list."""
-    if user_id is None:
-        return "[null]"
-    return json.dumps([user_id], separators=(",", ":"))
 
 
 def head_user(head: bytes | str | None) -> str | int | None:
@@ -489,31 +516,30 @@ def gc_one(keys: Keys, sid: str, now: float) -> Op[FollowUps | None]:
             return None
         return reindex(keys, sid, head_user(reply), None)
 
-    return Op(("EVALSHA", _GC_SHA, 2, k, k + ":a", repr(float(now))), _GC, parse)
+    return Op(("EVALSHA", _GC_SHA, _ONE, k, repr(float(now))), _GC, parse)
 
 
 def release(keys: Keys, sid: str, token: str, touch: Touch | None) -> Op[bool]:
     """Delete the lock if the token holds it, applying the touch too."""
-    k = f"{keys.prefix}{{{sid}}}"
-    command: tuple[Arg, ...] = ("EVALSHA", _RELEASE_SHA, 3, k, k + ":a", k + ":lock", token)
+    k = f"{keys.prefix}{{{sid}}}".encode()
+    command: tuple[Arg, ...] = ("EVALSHA", _RELEASE_SHA, _TWO, k, k + b":lock", token)
     if touch is not None:
         command += tuple(touch_args(touch))
     return Op(command, _RELEASE, _flag)
 
 
 def touch(keys: Keys, sid: str, t: Touch) -> Op[None]:
-    """Write the touch key and refresh the TTL of an existing session."""
-    k = f"{keys.prefix}{{{sid}}}"
-    return Op(("EVALSHA", _TOUCH_SHA, 2, k, k + ":a", *touch_args(t)), _TOUCH, _nothing)
+    """Rewrite the touched metadata of an existing session and refresh its TTL."""
+    return Op(("EVALSHA", _TOUCH_SHA, _ONE, keys.data(sid), *touch_args(t)), _TOUCH, _nothing)
 
 
 def extend(keys: Keys, sid: str, token: str, expire: float) -> Op[bool]:
     """PEXPIRE the lock if the token holds it."""
-    return Op(("EVALSHA", _EXTEND_SHA, 1, keys.lock(sid), token, ms(expire)), _EXTEND, _flag)
+    return Op(("EVALSHA", _EXTEND_SHA, _ONE, keys.lock(sid), token, ms(expire)), _EXTEND, _flag)
 
 
 def delete(keys: Keys, sid: str) -> Op[FollowUps]:
-    """DEL the data and the touch (not the lock); reads as the index follow-ups (the sid out of its user's set)."""
+    """DEL the data (not the lock); reads as the index follow-ups (the sid out of its user's set)."""
     k = f"{keys.prefix}{{{sid}}}"
 
     def parse(reply: Any) -> FollowUps:
@@ -521,7 +547,7 @@ def delete(keys: Keys, sid: str) -> Op[FollowUps]:
             return _NONE
         return reindex(keys, sid, head_user(reply), None)
 
-    return Op(("EVALSHA", _DELETE_SHA, 2, k, k + ":a"), _DELETE, parse)
+    return Op(("EVALSHA", _DELETE_SHA, _ONE, k), _DELETE, parse)
 
 
 # -- figures -------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ class RedisBackend:
         return self._run(C.lock_and_load(self._base.keys, sid, token, expire))
 
     def load(self, sid: str) -> Record | None:
-        """Return the record of ``sid`` without locking (one MGET of data and touch)."""
+        """Return the record of ``sid`` without locking (one GET)."""
         return self._run(C.load(self._base.keys, sid))
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
@@ -186,7 +186,7 @@ class RedisBackend:
         return self._run(C.release(self._base.keys, sid, token, touch))
 
     def touch(self, sid: str, touch: Touch) -> None:
-        """Refresh last access without rewriting the data."""
+        """Refresh last access (the metadata line, server-side) without sending the data."""
         self._run(C.touch(self._base.keys, sid, touch))
 
     def extend(self, sid: str, token: str, expire: float) -> bool:
@@ -194,7 +194,7 @@ class RedisBackend:
         return self._run(C.extend(self._base.keys, sid, token, expire))
 
     def delete(self, sid: str) -> None:
-        """Remove the session's data and touch (the lock stays with its holder), then its index entry."""
+        """Remove the session's record (the lock stays with its holder), then its index entry."""
         then = self._run(C.delete(self._base.keys, sid))
         if then:
             self._run_all(then)
@@ -207,7 +207,7 @@ class RedisBackend:
     # -- administration ------------------------------------------------------------------------
 
     def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then pipelined MGETs)."""
+        """Yield ``(sid, record)`` for every live session under this key prefix (SCAN, then pipelined GETs)."""
         keys = self._base.keys
         for batch in self._scan(keys.scan_pattern(), "string"):
             sids = [keys.sid_of(key) for key in batch]
@@ -229,7 +229,7 @@ class RedisBackend:
         return found
 
     def gc(self, now: float) -> int:
-        """Remove sessions whose expiry is before ``now`` with their touch and index entry; return how many.
+        """Remove sessions whose expiry is before ``now`` with their index entry; return how many.
 
         Redis drops sessions past their TTL itself; this also drops index members left by those.
         """
