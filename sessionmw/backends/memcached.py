@@ -379,6 +379,17 @@ class MemcachedBackend:
                 return bytes(answer) == b"HD"
         return self._run(node, node.client.cas, lock_key, RELEASED_MARKER, cas, expire=1, noreply=False) is True
 
+    def _our_lock(self, node: _Node, lock_key: str, token: str) -> tuple[Any, int, int] | None:
+        """Return ``(cas, deadline_ms, now_ms)`` if ``token`` holds the lock and it has not expired, else ``None``."""
+        current, cas = self._run(node, node.client.gets, lock_key)
+        if current is None:
+            return None
+        held, deadline = _parse_lock(current)
+        now = _now_ms()
+        if held != token or deadline <= now:
+            return None
+        return cas, deadline, now
+
     def _unlock_quietly(self, node: _Node, lock_key: str, token: str) -> None:
         try:
             value, cas = self._run(node, node.client.gets, lock_key)
@@ -416,13 +427,10 @@ class MemcachedBackend:
     def extend(self, sid: str, token: str, expire: float) -> bool:
         """Push the lock's deadline to ``expire`` seconds from now, if ``token`` still holds it."""
         node, _, lock_key = self._locate(sid)
-        current, cas = self._run(node, node.client.gets, lock_key)
-        if current is None:
+        ours = self._our_lock(node, lock_key, token)
+        if ours is None:
             return False
-        held, deadline = _parse_lock(current)
-        now = _now_ms()
-        if held != token or deadline <= now:
-            return False
+        cas, _, now = ours
         value = _lock_value(token, now + int(expire * 1000))
         return self._run(node, node.client.cas, lock_key, value, cas, expire=exptime(expire), noreply=False) is True
 
@@ -482,13 +490,10 @@ class MemcachedBackend:
     ) -> bool:
         """The fenced write of :meth:`save`: ``replace`` the record if ``token`` holds the lock, then release it."""
         client = node.client
-        current, cas = self._run(node, client.gets, lock_key)
-        if current is None:
+        ours = self._our_lock(node, lock_key, token)
+        if ours is None:
             return False
-        held, deadline = _parse_lock(current)
-        now = _now_ms()
-        if held != token or deadline <= now:
-            return False
+        cas, deadline, now = ours
         if deadline - now < self._write_margin_ms:
             # Too close to the deadline: a contender could take over while our write is in flight.
             margin = 2 * self._write_margin_ms
