@@ -26,8 +26,12 @@ _COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def new_session_id() -> str:
-    """Return a fresh 256-bit random session id (43 URL-safe characters)."""
-    return secrets.token_urlsafe(32)
+    """Return a fresh 256-bit random session id (43 URL-safe characters, never starting with ``-``)."""
+    while True:
+        sid = secrets.token_urlsafe(32)
+        # An id starting with "-" reads as an option on command lines (sessionmw kill SID).
+        if sid[0] != "-":
+            return sid
 
 
 def is_session_id(value: str) -> bool:

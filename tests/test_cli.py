@@ -55,8 +55,9 @@ def test_list_stats_and_kill_through_the_runner(site: tuple[str, str, dict[str, 
     figures = json.loads(out)
     assert figures["sessions"] == 3 and figures["users"] == 2 and figures["oldest"] > 0
 
-    code, out, _ = run("kill", sids["a1"], *base, "--yes", "--json")
-    assert (code, json.loads(out)) == (0, {"ended": 1})
+    code, out, err = run("kill", sids["a1"], *base, "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"ended": 1}
     code, out, err = run("kill", sids["a1"], *base, "--yes")
     assert code == 1 and "no session" in err
     code, out, _ = run("kill", *base, "--user", "alice", "--yes", "--json")

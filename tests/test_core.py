@@ -304,3 +304,9 @@ def test_config_errors_name_the_option(options: dict[str, Any], option: str, wor
 def test_cookie_action_is_plain_data() -> None:
     assert CookieAction("delete") == CookieAction("delete")
     assert RequestInfo().path == ""
+
+
+def test_session_ids_are_random_url_safe_and_never_start_with_a_dash() -> None:
+    ids = {new_session_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 43 and i[0] != "-" for i in ids)
