@@ -105,19 +105,26 @@ def redis_server() -> Iterator[ServerProcess | None]:
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def memcached_server() -> Iterator[ServerProcess | None]:
-    """A private memcached, or None when none can be started."""
+def private_memcached(name: str = "memcached") -> ServerProcess | None:
+    """A memcached on a free loopback port (not started yet), or None when memcached is not installed."""
     binary = shutil.which("memcached") or ("/usr/bin/memcached" if os.path.exists("/usr/bin/memcached") else None)
     if binary is None:
-        yield None
-        return
+        return None
     user = ["-u", "root"] if os.geteuid() == 0 else []
-    srv = ServerProcess(
-        "memcached",
+    return ServerProcess(
+        name,
         lambda port: [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *user],
         free_port(),
     )
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[ServerProcess | None]:
+    """A private memcached, or None when none can be started."""
+    srv = private_memcached()
+    if srv is None:
+        yield None
+        return
     srv.start()
     yield srv
     srv.stop()

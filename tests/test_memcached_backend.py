@@ -28,7 +28,7 @@ from sessionmw.backends.memcached import (
 from sessionmw.cookies import new_session_id
 from sessionmw.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from sessionmw.locking import new_lock_token
-from tests.conftest import ServerProcess, free_port, missing
+from tests.conftest import ServerProcess, free_port, missing, private_memcached
 
 pytestmark = pytest.mark.service("memcached")
 
@@ -53,16 +53,10 @@ def backend(memcached_url: str, key_prefix: str) -> Iterator[MemcachedBackend]:
 @pytest.fixture(scope="module")
 def second_server(memcached_server: ServerProcess | None) -> Iterator[ServerProcess]:
     """A second private memcached, for the many-server tests."""
-    binary = shutil.which("memcached") or ("/usr/bin/memcached" if os.path.exists("/usr/bin/memcached") else None)
-    if memcached_server is None or binary is None:
+    srv = private_memcached("memcached-2")
+    if memcached_server is None or srv is None:
         missing("memcached", "memcached is not installed (apt-get install memcached)")
-    assert binary is not None
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    srv = ServerProcess(
-        "memcached-2",
-        lambda port: [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *user],
-        free_port(),
-    )
+    assert srv is not None
     srv.start()
     yield srv
     srv.stop()
