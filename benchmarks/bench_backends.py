@@ -6,10 +6,13 @@ Starts a private redis-server and memcached on free loopback ports (or uses --re
 1. round trips per request, from the servers' own counters (Redis ``INFO commandstats``, memcached
    ``stats``) before and after N requests, for a read-write request, a read-only request and a
    request that never touches its session;
-2. the median cost per request (µs) of ours and of starsessions (``RedisStore``, which takes no lock:
-   one GET to load, one SET to save), for a read and for a read+write.
+2. the cost per request of ours and of starsessions (``RedisStore``, which takes no lock: one GET to
+   load, one SET to save), for a read and for a read+write: wall-clock µs through the ASGI app (the
+   fastest repetition), and the Redis server's own CPU µs per request (``INFO cpu`` deltas);
+3. with ``--instructions``, the client side's CPU instructions per request under valgrind's callgrind,
+   a figure that the load of a shared machine cannot disturb.
 
-    python benchmarks/bench_backends.py [--requests 2000] [--repeat 5]
+    python benchmarks/bench_backends.py [--requests 2000] [--repeat 5] [--instructions]
 
 starsessions is installed for this benchmark only (``pip install starsessions``).
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,6 +175,12 @@ class RoundTrips:
         return counted
 
 
+def redis_cpu(url: str) -> float:
+    """Seconds of CPU the Redis server has used, user and system."""
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def redis_commands(url: str) -> dict[str, int]:
     info = redis.Redis.from_url(url).info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
@@ -228,28 +239,78 @@ async def main_async(n: int, repeat: int, redis_url: str, memcached_port: int | 
         for label, text, trips in await round_trips(mapp, lambda: memcached_commands(memcached_port), n, ()):
             print(f"| memcached | {label} | {trips:g} | {text} |")
 
-    print("\nCost per request on Redis (µs, in-process ASGI call, loopback server)\n")
-    print("| middleware | read | read + write |\n|---|---:|---:|")
-    for label, make in (
-        ("sessionmw (locked read+write, unlocked read-only)", ours),
-        ("starsessions RedisStore", theirs),
-    ):
+    print("\nCost per request on Redis (µs, in-process ASGI call, loopback server; server CPU from INFO cpu)\n")
+    print("| middleware | read | read + write | server CPU, read | server CPU, read + write |")
+    print("|---|---:|---:|---:|---:|")
+    for label, make in MIDDLEWARES.items():
         app = make(redis_url)
-        cookie = await call(app, "/rw", None)
-        assert cookie
-        for _ in range(100):
-            await call(app, "/rw", cookie)
-        read = await per_request(app, "/ro", cookie, n, repeat)
-        write = await per_request(app, "/rw", cookie, n, repeat)
-        print(f"| {label} | {read:.1f} | {write:.1f} |")
+        cookie = await warm_up(app)
+        cells = []
+        for path in ("/ro", "/rw"):
+            cpu = redis_cpu(redis_url)
+            cells.append(await per_request(app, path, cookie, n, repeat))
+            cells.append((redis_cpu(redis_url) - cpu) / (n * repeat) * 1e6)
+        print(f"| {label} | {cells[0]:.1f} | {cells[2]:.1f} | {cells[1]:.1f} | {cells[3]:.1f} |")
+
+
+MIDDLEWARES = {"sessionmw (locked read+write, unlocked read-only)": ours, "starsessions RedisStore": theirs}
+
+
+async def warm_up(app: Any) -> bytes:
+    cookie = await call(app, "/rw", None)
+    assert cookie
+    for _ in range(100):
+        await call(app, "/rw", cookie)
+    return cookie
+
+
+def child(label: str, path: str, n: int, redis_url: str) -> None:
+    """Under valgrind: warm up, then make ``n`` requests (the parent subtracts a run with n = 0)."""
+
+    async def go() -> None:
+        app = MIDDLEWARES[label](redis_url)
+        cookie = await warm_up(app)
+        for _ in range(50):
+            await call(app, path, cookie)
+        for _ in range(n):
+            await call(app, path, cookie)
+
+    asyncio.run(go())
+
+
+def instructions(label: str, path: str, n: int, redis_url: str) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".callgrind") as out:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable, __file__,
+             "--child", label, path, str(n), redis_url],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    m = re.search(r"Collected : (\d+)", proc.stderr)
+    assert m, proc.stderr[-2000:]
+    return int(m.group(1))
+
+
+def print_instructions(n: int, redis_url: str) -> None:
+    print(f"\nClient-side instructions per request on Redis (valgrind callgrind, {n} requests after warm-up)\n")
+    print("| middleware | read | read + write |\n|---|---:|---:|")
+    for label in MIDDLEWARES:
+        cells = [
+            (instructions(label, p, n, redis_url) - instructions(label, p, 0, redis_url)) / n for p in ("/ro", "/rw")
+        ]
+        print(f"| {label} | {cells[0] / 1000:,.0f}k | {cells[1] / 1000:,.0f}k |")
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--memcached-port", type=int, default=None)
+    parser.add_argument("--instructions", action="store_true", help="also count instructions under callgrind")
+    parser.add_argument("--instructions-only", action="store_true", help="only count instructions")
     args = parser.parse_args()
 
     def redis_argv(binary: str, port: int) -> list[str]:
@@ -263,8 +324,13 @@ def main() -> None:
         url = args.redis_url or (f"redis://127.0.0.1:{rport}/0" if rport else None)
         if url is None:
             sys.exit("no redis-server on PATH: pass --redis-url")
-        RoundTrips.install()
-        asyncio.run(main_async(args.requests, args.repeat, url, args.memcached_port or mport))
+        if not args.instructions_only:
+            RoundTrips.install()
+            asyncio.run(main_async(args.requests, args.repeat, url, args.memcached_port or mport))
+        if args.instructions or args.instructions_only:
+            if shutil.which("valgrind") is None:
+                sys.exit("valgrind is not installed (apt-get install valgrind)")
+            print_instructions(min(args.requests, 300), url)
 
 
 if __name__ == "__main__":
