@@ -97,11 +97,32 @@ class RedisBackend:
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:
-            try:
-                base.policy_result(client.config_get("maxmemory-policy"), None)
-            except C.ERRORS as exc:
-                base.policy_result(None, exc)
+            self._check_policy(client)
         return op.parse(reply)
+
+    def _run_batch(self, batch: C.Batch[T]) -> T:
+        """Run a batch of plain commands in one pipeline (one round trip), and read it."""
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
+        try:
+            pipe = client.pipeline(transaction=False)
+            for command in batch.commands:
+                pipe.execute_command(*command)
+            replies = pipe.execute()
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        if base.policy_pending:
+            self._check_policy(client)
+        return batch.parse(replies)
+
+    def _check_policy(self, client: SyncClient) -> None:
+        """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
+        try:
+            self._base.policy_result(client.config_get("maxmemory-policy"), None)
+        except C.ERRORS as exc:
+            self._base.policy_result(None, exc)
 
     def _run_all(self, ops: Sequence[C.Op[Any]]) -> list[Any]:
         """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
@@ -152,7 +173,7 @@ class RedisBackend:
 
     def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
         """Try once to lock ``sid``; when taken, return its record too (one script call)."""
-        return self._run(C.lock_and_load(self._base.keys, sid, token, expire))
+        return self._run_batch(C.lock_and_load(self._base.keys, sid, token, expire))
 
     def load(self, sid: str) -> Record | None:
         """Return the record of ``sid`` without locking (one GET)."""

@@ -7,6 +7,8 @@ it; the only difference is ``await``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +17,13 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - redis-py installs async-timeout on these versions
+    from async_timeout import timeout as _timeout
 
 from . import _redis_common as C
 from .base import Record, Touch
@@ -25,6 +33,83 @@ __all__ = ["AsyncRedisBackend", "connect"]
 T = TypeVar("T")
 
 AsyncClient = aredis.Redis | RedisCluster
+
+
+class Connections:
+    """Connections of the backend's own to one server, for the hot path: a list of idle ones.
+
+    redis-py's pool spends, per command, an asyncio lock on taking and on returning a connection,
+    metrics and event hooks, a retry wrapper, and with a ``socket_timeout`` a task per write
+    (``asyncio.wait_for``) and a timeout context per read. Here a command takes an idle connection
+    (or makes one: redis-py's own class, with its parser and handshake), sends and reads through
+    redis-py's connection methods inside one timeout, and gives the connection back. A connection
+    left in an unknown state (an error other than a server's reply, a timeout, a cancellation) is
+    closed and dropped, never reused with a reply pending.
+
+    :param pool: the client's pool, whose connection class and options the connections copy.
+    :param timeout: seconds for a whole round trip, connecting included (the URL's ``socket_timeout``).
+    """
+
+    def __init__(self, pool: aredis.ConnectionPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}  # one timeout here instead
+        self._class = pool.connection_class
+        self._timeout = timeout
+        self._idle: list[Any] = []
+
+    async def run(self, *commands: tuple[C.Arg, ...]) -> Any:
+        """Send the commands in one round trip; one reply, or a list of them for several commands.
+
+        A server's error reply is raised (for several commands: the first, after reading them all).
+        """
+        idle = self._idle
+        conn = idle.pop() if idle else self._class(**self._kwargs)
+        try:
+            async with _timeout(self._timeout):
+                if len(commands) == 1:
+                    await conn.send_packed_command(conn.pack_command(*commands[0]))
+                    try:
+                        reply = await conn.read_response()
+                    except ResponseError:
+                        idle.append(conn)  # a whole reply was read: the connection is clean
+                        raise
+                else:
+                    await conn.send_packed_command(conn.pack_commands(commands))
+                    reply = []
+                    for _ in commands:
+                        try:
+                            reply.append(await conn.read_response())
+                        except ResponseError as exc:
+                            reply.append(exc)
+        except ResponseError:
+            raise
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)  # closes without waiting: safe while being cancelled
+            if isinstance(exc, RedisConnectionError):
+                await self._forget_idle()
+            raise
+        idle.append(conn)
+        if type(reply) is list:
+            for r in reply:
+                if isinstance(r, ResponseError):
+                    raise r
+        return reply
+
+    async def _forget_idle(self) -> None:
+        """After a lost connection: the server went away or restarted, so the idle connections (and the
+        pool's) are most likely dead too; close them, so the first requests after a restart succeed."""
+        idle, self._idle = self._idle, []
+        with contextlib.suppress(Exception):
+            for conn in idle:
+                await conn.disconnect(nowait=True)
+            await self._pool.disconnect(inuse_connections=False)
+
+    async def aclose(self) -> None:
+        """Close the idle connections (those in use close when their command ends in error, or are dropped)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
 
 
 def connect(config: C.ClientConfig) -> tuple[AsyncClient, list[Any]]:
@@ -61,13 +146,23 @@ class AsyncRedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
         self._ordered = config.kind != "cluster"
+        #: The hot path's own connections (a standalone server): built with the client.
+        self._direct: Connections | None = None
+        self._timeout: float | None = config.kwargs.get("socket_timeout")
 
     def _connect(self) -> tuple[AsyncClient, list[Any]]:
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop (client() in a test): the first command's loop owns it
             self._loop = None
-        return connect(self.config)
+        client, closing = connect(self.config)
+        self._direct = None
+        if self.config.kind == "standalone" and "max_connections" not in self.config.kwargs:
+            # A bounded pool keeps redis-py's (it waits for or refuses the n+1st connection).
+            assert isinstance(client, aredis.Redis)
+            self._direct = Connections(client.connection_pool, self._timeout)
+            closing.append(self._direct)
+        return client, closing
 
     def client(self) -> AsyncClient:
         """The ``redis.asyncio`` client, built on first use (for administration and tests)."""
@@ -78,22 +173,62 @@ class AsyncRedisBackend:
         client = base.client
         if client is None:
             client = base.connected()
+        direct = self._direct
         try:
-            try:
-                reply = await client.execute_command(*op.command)
-            except NoScriptError:
-                if op.script is None:
-                    raise
-                await client.script_load(op.script)  # a new or flushed server: load the script, then once more
-                reply = await client.execute_command(*op.command)
+            if direct is not None:
+                try:
+                    reply = await direct.run(op.command)
+                except NoScriptError:
+                    if op.script is None:
+                        raise
+                    await direct.run(("SCRIPT", "LOAD", op.script))  # a new or flushed server
+                    reply = await direct.run(op.command)
+            else:
+                try:
+                    reply = await client.execute_command(*op.command)
+                except NoScriptError:
+                    if op.script is None:
+                        raise
+                    await client.script_load(op.script)
+                    reply = await client.execute_command(*op.command)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
+        except asyncio.TimeoutError as exc:
+            raise base.timed_out(self._timeout) from exc
         if base.policy_pending:
-            try:
-                base.policy_result(await client.config_get("maxmemory-policy"), None)
-            except C.ERRORS as exc:
-                base.policy_result(None, exc)
+            await self._check_policy(client)
         return op.parse(reply)
+
+    async def _check_policy(self, client: AsyncClient) -> None:
+        """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
+        base = self._base
+        try:
+            base.policy_result(await client.config_get("maxmemory-policy"), None)
+        except C.ERRORS as exc:
+            base.policy_result(None, exc)
+
+    async def _arun_batch(self, batch: C.Batch[T]) -> T:
+        """Run a batch of plain commands in one round trip, and read it."""
+        base = self._base
+        client = base.client
+        if client is None:
+            client = base.connected()
+        direct = self._direct
+        try:
+            if direct is not None:
+                replies = await direct.run(*batch.commands)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for command in batch.commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute()
+        except C.ERRORS as exc:
+            raise base.unavailable(exc) from exc
+        except asyncio.TimeoutError as exc:
+            raise base.timed_out(self._timeout) from exc
+        if base.policy_pending:
+            await self._check_policy(client)
+        return batch.parse(replies)
 
     async def _arun_all(self, ops: Sequence[C.Op[Any]]) -> list[Any]:
         """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
@@ -125,7 +260,7 @@ class AsyncRedisBackend:
 
     async def alock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
         """See :meth:`.redis.RedisBackend.lock_and_load`."""
-        return await self._arun(C.lock_and_load(self._base.keys, sid, token, expire))
+        return await self._arun_batch(C.lock_and_load(self._base.keys, sid, token, expire))
 
     async def aload(self, sid: str) -> Record | None:
         """See :meth:`.redis.RedisBackend.load`."""
