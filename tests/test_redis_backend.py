@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -502,6 +504,7 @@ def test_async_primitives_are_one_round_trip_too(
             await ab.asave(sid, rec(), token, 60)
             await ab.alock_and_load(sid, token, 30)
             await ab.arelease(sid, token, None)
+            await ab.adelete(new_session_id())  # loads the delete script (a fresh server has none)
             trips = RoundTrips(monkeypatch)
             for call in (
                 lambda: ab.alock_and_load(sid, token, 30),
@@ -647,6 +650,76 @@ def test_a_connection_left_mid_command_is_never_reused(
             await ab.aclose()
 
     asyncio.run(scenario())
+
+
+@redis_service
+def test_sync_connection_left_mid_command_is_never_reused(redis_url: str, raw: redis.Redis, key_prefix: str) -> None:
+    b = sync_backend(redis_url + "?socket_timeout=0.1", key_prefix)
+    a, c = new_session_id(), new_session_id()
+    try:
+        assert b.create(a, rec(b'{"who":"a"}'), 60) and b.create(c, rec(b'{"who":"c"}'), 60)
+        raw.execute_command("CLIENT", "PAUSE", 400, "ALL")
+        with pytest.raises(BackendUnavailable, match="Timeout"):
+            b.load(a)
+        time.sleep(0.4)
+        got = b.load(c)
+        assert got is not None and got.data == b'{"who":"c"}'
+    finally:
+        raw.execute_command("CLIENT", "UNPAUSE")
+        b.close()
+
+
+@redis_service
+def test_sync_threads_never_share_a_connection(redis_url: str, key_prefix: str) -> None:
+    b = sync_backend(redis_url, key_prefix)
+    sids = [new_session_id() for _ in range(8)]
+    for i, sid in enumerate(sids):
+        assert b.create(sid, rec(b'{"i":%d}' % i), 60)
+    wrong: list[str] = []
+
+    def reader(i: int) -> None:
+        for _ in range(200):
+            got = b.load(sids[i])
+            if got is None or got.data != b'{"i":%d}' % i:
+                wrong.append(f"thread {i} read {got}")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert not wrong, wrong[:3]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@redis_service
+def test_a_forked_child_does_not_touch_the_parents_connections(redis_url: str, key_prefix: str) -> None:
+    # A child forked after the parent made a call inherits its idle connection: if both used it, their
+    # replies would cross. Parent and child read different sessions at the same time, and each must
+    # always read its own.
+    b = sync_backend(redis_url, key_prefix)
+    mine, childs = new_session_id(), new_session_id()
+    assert b.create(mine, rec(b'{"who":"parent"}'), 60) and b.create(childs, rec(b'{"who":"child"}'), 60)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ok = all((got := b.load(childs)) is not None and got.data == b'{"who":"child"}' for _ in range(300))
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    wrong = 0
+    for _ in range(300):
+        try:
+            got = b.load(mine)
+        except BackendUnavailable:
+            got = None
+        wrong += got is None or got.data != b'{"who":"parent"}'
+    _, status = os.waitpid(pid, 0)
+    b.close()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child read another reply"
+    assert wrong == 0
 
 
 @redis_service

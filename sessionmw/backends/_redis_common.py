@@ -35,10 +35,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
@@ -51,6 +53,7 @@ from .base import Record, Touch, decode_record
 __all__ = [
     "BATCH",
     "ERRORS",
+    "FORKS",
     "FollowUps",
     "SCRIPTS",
     "SHAS",
@@ -590,6 +593,26 @@ def figures(stats: Any, memory: Any) -> dict[str, float]:
 
 
 # -- the state both twins keep -------------------------------------------------------------------
+
+
+class ForkAware(Protocol):
+    """Holds connections that a forked child must drop (their sockets belong to the parent)."""
+
+    def after_fork(self) -> None:
+        """Forget the connections without closing them."""
+
+
+#: Every live holder of connections of the twins' own; a forked child tells each to forget them.
+FORKS: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for holder in list(FORKS):
+        holder.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class RedisBase(Generic[ClientT]):

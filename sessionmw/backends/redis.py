@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -40,6 +41,83 @@ __all__ = ["AsyncRedisBackend", "RedisBackend", "async_from_url", "connect", "fr
 T = TypeVar("T")
 
 SyncClient = redis_py.Redis | RedisCluster
+
+
+class Connections:
+    """Connections of the backend's own to one server, for the hot path: a list of idle ones.
+
+    The sync twin of :class:`.redis_async.Connections`: redis-py's connection class, packer and
+    parser, without the pool's per-command lock, metrics and event hooks and retry wrapper. Threads
+    take distinct connections (``list.pop`` and ``append`` are atomic). A connection left in an
+    unknown state is closed and dropped; after a lost connection the idle ones go too. A forked
+    child forgets the parent's connections without closing them (their sockets are the parent's).
+
+    :param pool: the client's pool, whose connection class and options the connections copy.
+    """
+
+    def __init__(self, pool: redis_py.ConnectionPool) -> None:
+        self._pool = pool
+        self._kwargs = dict(pool.connection_kwargs)
+        self._class = pool.connection_class
+        self._idle: list[Any] = []
+        C.FORKS.add(self)
+
+    def run(self, *commands: tuple[C.Arg, ...]) -> Any:
+        """Send the commands in one round trip; one reply, or a list of them for several commands.
+
+        A server's error reply is raised (for several commands: the first, after reading them all).
+        """
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._class(**self._kwargs)
+        try:
+            if len(commands) == 1:
+                conn.send_packed_command(conn.pack_command(*commands[0]))
+                try:
+                    reply = conn.read_response()
+                except ResponseError:
+                    idle.append(conn)  # a whole reply was read: the connection is clean
+                    raise
+            else:
+                conn.send_packed_command(conn.pack_commands(commands))
+                reply = []
+                for _ in commands:
+                    try:
+                        reply.append(conn.read_response())
+                    except ResponseError as exc:
+                        reply.append(exc)
+        except ResponseError:
+            raise
+        except BaseException as exc:
+            conn.disconnect()
+            if isinstance(exc, RedisConnectionError):
+                self._forget_idle()
+            raise
+        idle.append(conn)
+        if type(reply) is list:
+            for r in reply:
+                if isinstance(r, ResponseError):
+                    raise r
+        return reply
+
+    def _forget_idle(self) -> None:
+        """After a lost connection the server most likely went away: close the idle connections too."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+        self._pool.disconnect(inuse_connections=False)
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's connections unclosed (closing would shut the parent's sockets)."""
+        self._idle = []
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
 
 
 def connect(config: C.ClientConfig) -> tuple[SyncClient, list[Any]]:
@@ -73,9 +151,21 @@ class RedisBackend:
         self.name = name
         self.key_prefix = key_prefix
         self.config = config
-        self._base: C.RedisBase[SyncClient] = C.RedisBase(name, C.Keys(key_prefix), lambda: connect(config))
+        self._base: C.RedisBase[SyncClient] = C.RedisBase(name, C.Keys(key_prefix), self._connect)
         #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
         self._ordered = config.kind != "cluster"
+        #: The hot path's own connections (a standalone server): built with the client.
+        self._direct: Connections | None = None
+
+    def _connect(self) -> tuple[SyncClient, list[Any]]:
+        client, closing = connect(self.config)
+        self._direct = None
+        if self.config.kind == "standalone" and "max_connections" not in self.config.kwargs:
+            # A bounded pool keeps redis-py's (it refuses the n+1st connection).
+            assert isinstance(client, redis_py.Redis)
+            self._direct = Connections(client.connection_pool)
+            closing.append(self._direct)
+        return client, closing
 
     def client(self) -> SyncClient:
         """The redis-py client, built on first use (for administration and tests)."""
@@ -86,14 +176,24 @@ class RedisBackend:
         client = base.client
         if client is None:
             client = base.connected()
+        direct = self._direct
         try:
-            try:
-                reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
-            except NoScriptError:
-                if op.script is None:
-                    raise
-                client.script_load(op.script)  # a new or flushed server: load the script, then once more
-                reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            if direct is not None:
+                try:
+                    reply = direct.run(op.command)
+                except NoScriptError:
+                    if op.script is None:
+                        raise
+                    direct.run(("SCRIPT", "LOAD", op.script))  # a new or flushed server
+                    reply = direct.run(op.command)
+            else:
+                try:
+                    reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                except NoScriptError:
+                    if op.script is None:
+                        raise
+                    client.script_load(op.script)
+                    reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:
@@ -106,11 +206,15 @@ class RedisBackend:
         client = base.client
         if client is None:
             client = base.connected()
+        direct = self._direct
         try:
-            pipe = client.pipeline(transaction=False)
-            for command in batch.commands:
-                pipe.execute_command(*command)
-            replies = pipe.execute()
+            if direct is not None:
+                replies = direct.run(*batch.commands)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for command in batch.commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute()
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:

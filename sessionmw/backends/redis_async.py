@@ -56,6 +56,7 @@ class Connections:
         self._class = pool.connection_class
         self._timeout = timeout
         self._idle: list[Any] = []
+        C.FORKS.add(self)
 
     async def run(self, *commands: tuple[C.Arg, ...]) -> Any:
         """Send the commands in one round trip; one reply, or a list of them for several commands.
@@ -104,6 +105,10 @@ class Connections:
             for conn in idle:
                 await conn.disconnect(nowait=True)
             await self._pool.disconnect(inuse_connections=False)
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's connections unclosed (closing would shut the parent's sockets)."""
+        self._idle = []
 
     async def aclose(self) -> None:
         """Close the idle connections (those in use close when their command ends in error, or are dropped)."""
