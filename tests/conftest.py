@@ -4,6 +4,9 @@ Servers:
 * Redis and memcached: a private ``redis-server`` / ``memcached`` process on a free loopback port,
   started once per test session (so a test may kill and restart it), or the server named by
   ``SESSIONMW_TEST_REDIS_URL`` / ``SESSIONMW_TEST_MEMCACHED_URL``.
+* Redis Sentinel (a master and one sentinel) and Redis Cluster (three nodes, ``redis-cli --cluster
+  create``): private processes too, or ``SESSIONMW_TEST_REDIS_SENTINEL_URL`` /
+  ``SESSIONMW_TEST_REDIS_CLUSTER_URL``; they count as the ``redis`` service.
 * PostgreSQL and MySQL/MariaDB: ``SESSIONMW_TEST_POSTGRES_URL`` / ``SESSIONMW_TEST_MYSQL_URL``.
 
 A missing server skips its tests with the reason, unless ``SESSIONMW_TEST_REQUIRE`` names it
@@ -88,21 +91,117 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def private_redis(name: str = "redis-server", *extra: str) -> ServerProcess | None:
+    """A redis-server on a free loopback port (not started yet; ``extra`` arguments appended), or None."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    argv = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
+    return ServerProcess(name, lambda port: [*argv, "--port", str(port)], free_port())
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[ServerProcess | None]:
     """A private redis-server, or None when none can be started."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    srv = private_redis()
+    if srv is None:
         yield None
         return
-    srv = ServerProcess(
-        "redis-server",
-        lambda port: [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        free_port(),
-    )
     srv.start()
     yield srv
     srv.stop()
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # not up yet: ask again
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} was not ready after {timeout:g} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(shared_tmp: Path) -> Iterator[str]:
+    """A Redis Cluster URL: SESSIONMW_TEST_REDIS_CLUSTER_URL, or three private cluster nodes on loopback."""
+    url = os.environ.get("SESSIONMW_TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    cli = shutil.which("redis-cli")
+    if shutil.which("redis-server") is None or cli is None:
+        missing("redis", "redis-server and redis-cli are needed for a private Redis Cluster")
+    import redis as redis_py
+
+    folder = shared_tmp / "cluster"
+    folder.mkdir()
+    nodes: list[ServerProcess] = []
+    try:
+        for i in range(3):
+            node = private_redis(
+                f"redis cluster node {i}",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf", "--dir", str(folder),
+                "--cluster-port", str(free_port()),  # the bus port; the default, port + 10000, may not exist
+            )  # fmt: skip
+            assert node is not None
+            node.start()
+            nodes.append(node)
+        addrs = [f"127.0.0.1:{n.port}" for n in nodes]
+        assert cli is not None
+        subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+        def ready() -> bool:
+            for n in nodes:
+                with redis_py.Redis(port=n.port) as r:
+                    if r.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+            return True
+
+        _wait_until("the private Redis Cluster", ready)
+        yield "redis+cluster://" + ",".join(addrs)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(shared_tmp: Path) -> Iterator[str]:
+    """A Redis Sentinel URL: SESSIONMW_TEST_REDIS_SENTINEL_URL, or a private master and sentinel on loopback."""
+    url = os.environ.get("SESSIONMW_TEST_REDIS_SENTINEL_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    master = private_redis("redis master (sentinel)")
+    if binary is None or master is None:
+        missing("redis", "redis-server is needed for a private Redis Sentinel")
+    assert binary is not None and master is not None
+    import redis as redis_py
+
+    port = free_port()
+    conf = shared_tmp / f"sentinel-{port}.conf"  # sentinel rewrites its config file: a copy of its own
+    sentinel = ServerProcess("redis-sentinel", lambda p: [binary, str(conf), "--sentinel"], port)
+    try:
+        master.start()
+        conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n")
+        sentinel.start()
+
+        def ready() -> bool:
+            with redis_py.Redis(port=port) as r:
+                return bool(r.sentinel_get_master_addr_by_name("mymaster"))
+
+        _wait_until("the private Redis Sentinel", ready)
+        yield f"redis+sentinel://127.0.0.1:{port}/mymaster/0"
+    finally:
+        sentinel.stop()
+        master.stop()
 
 
 def private_memcached(name: str = "memcached") -> ServerProcess | None:
@@ -187,6 +286,13 @@ BACKENDS = [
     pytest.param("memcached", id="memcached", marks=pytest.mark.service("memcached")),
 ]
 
+#: Redis behind Sentinel and as a Cluster: for the backend-level suites (the middleware suites run
+#: on the plain server; the backend is the same class).
+REDIS_TOPOLOGIES = [
+    pytest.param("redis-sentinel", id="redis-sentinel", marks=pytest.mark.service("redis")),
+    pytest.param("redis-cluster", id="redis-cluster", marks=pytest.mark.service("redis")),
+]
+
 
 @pytest.fixture(scope="session")
 def shared_tmp() -> Iterator[Path]:
@@ -209,6 +315,8 @@ def backend_url_for(kind: str, request: pytest.FixtureRequest, shared_tmp: Path)
         "mysql": "mysql_url",
         "redis": "redis_url",
         "memcached": "memcached_url",
+        "redis-sentinel": "redis_sentinel_url",
+        "redis-cluster": "redis_cluster_url",
     }[kind]
     return str(request.getfixturevalue(fixture))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -16,8 +17,14 @@ from starlette.testclient import TestClient
 from sessionmw import SessionStore
 
 from .apps import make_starlette_app
-from .conftest import backend_url_for
+from .conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
 from .test_conformance import SECRET, client_for, put_cookie, sid_of
+
+
+@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES)
+def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str:
+    """Every backend kind, and Redis behind Sentinel and as a Cluster too."""
+    return backend_url_for(request.param, request, shared_tmp)
 
 
 def login(c: httpx2.Client, user: str) -> str:

@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from sessionmw.backends import AsyncBackend, Backend, Record, Touch, open_async_backend, open_backend
 from sessionmw.cookies import new_session_id
 from sessionmw.locking import new_lock_token
+
+from .conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
 
 
 def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
@@ -28,6 +31,12 @@ def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
     }
     base.update(kw)
     return Record(data=data, **base)
+
+
+@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES)
+def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str:
+    """Every backend kind, and Redis behind Sentinel and as a Cluster too."""
+    return backend_url_for(request.param, request, shared_tmp)
 
 
 @pytest.fixture

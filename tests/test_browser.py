@@ -144,15 +144,20 @@ def by_id(driver: Any, element_id: str) -> Any:
 
 
 def click_and_load(driver: Any, element_id: str) -> None:
-    """Click a form button and wait until the next page (after the redirect) has loaded."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
+    """Click a form button and wait until the next page (after the redirect) has loaded.
+
+    The old page is marked with a script variable, which the next document does not have. (Waiting
+    for the old <html> element to go stale raced with Chromium: asked about a node it was detaching,
+    chromedriver answered "unknown error: Node with given id does not belong to the document".)
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.sessionmwOldPage = true")
     by_id(driver, element_id).click()
-    WebDriverWait(driver, WAIT).until(ec.staleness_of(old))
-    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, WAIT, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return !window.sessionmwOldPage && document.readyState === 'complete'")
+    )
 
 
 def count(driver: Any) -> int:
