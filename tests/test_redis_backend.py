@@ -1061,3 +1061,23 @@ def test_admin_of_a_server_that_is_down_is_one_line() -> None:
         with pytest.raises(BackendUnavailable, match="is unavailable"):
             call()
     b.close()
+
+
+def test_own_connections_only_for_one_server_with_an_unbounded_pool() -> None:
+    from sessionmw.backends._url import parse_backend_url
+
+    def own(url: str) -> bool:
+        return C.client_config(parse_backend_url(url), "p:").own_connections
+
+    assert own("redis://127.0.0.1:6379/0") and own("unix:///run/redis.sock") and own("rediss://h:6380/1")
+    assert not own("redis://127.0.0.1:6379/0?max_connections=4"), "a bounded pool must refuse the n+1st"
+    assert not own("redis+sentinel://127.0.0.1:26379/mymaster/0"), "Sentinel follows failovers"
+    assert not own("redis+cluster://127.0.0.1:7000"), "Cluster routes by slot"
+    for url, kind in (("redis://127.0.0.1:1/0?max_connections=4", "Pooled"), ("redis://127.0.0.1:1/0", "Connections")):
+        b = sync_backend(url)
+        ab = open_async_backend(url)
+        assert isinstance(ab, AsyncRedisBackend)
+        b.client()
+        ab.client()
+        assert type(b._runner).__name__ == type(ab._runner).__name__ == kind
+        b.close()

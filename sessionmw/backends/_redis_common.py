@@ -716,6 +716,15 @@ class ClientConfig:
     #: How often a command is retried after a connection error (Cluster: once, to follow a failover).
     retries: int = 0
 
+    @property
+    def own_connections(self) -> bool:
+        """Whether the primitives run on connections of the twin's own rather than redis-py's pool.
+
+        Only for one standalone server with an unbounded pool: Sentinel follows failovers and Cluster
+        routes by slot inside redis-py's clients, and a bounded pool must refuse the n+1st connection.
+        """
+        return self.kind == "standalone" and "max_connections" not in self.kwargs
+
 
 _CERT_REQS = ("required", "optional", "none")
 

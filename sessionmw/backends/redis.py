@@ -102,6 +102,10 @@ class Connections:
                     raise r
         return reply
 
+    def load_script(self, script: str) -> None:
+        """Load a script's source into the server's script cache (SCRIPT LOAD)."""
+        self.run(("SCRIPT", "LOAD", script))
+
     def _forget_idle(self) -> None:
         """After a lost connection the server most likely went away: close the idle connections too."""
         idle, self._idle = self._idle, []
@@ -118,6 +122,26 @@ class Connections:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()
+
+
+class Pooled:
+    """Commands through redis-py's client and its pool: for Sentinel, Cluster and a bounded pool."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self._client = client
+
+    def run(self, *commands: tuple[C.Arg, ...]) -> Any:
+        """Send the commands (several: in one pipeline); one reply, or a list of them."""
+        if len(commands) == 1:
+            return self._client.execute_command(*commands[0])  # type: ignore[no-untyped-call]
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+
+    def load_script(self, script: str) -> None:
+        """Load a script's source (on every primary of a Cluster)."""
+        self._client.script_load(script)
 
 
 def connect(config: C.ClientConfig) -> tuple[SyncClient, list[Any]]:
@@ -154,18 +178,25 @@ class RedisBackend:
         self._base: C.RedisBase[SyncClient] = C.RedisBase(name, C.Keys(key_prefix), self._connect)
         #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
         self._ordered = config.kind != "cluster"
-        #: The hot path's own connections (a standalone server): built with the client.
-        self._direct: Connections | None = None
+        #: What runs the primitives' commands: built with the client (see :meth:`_connect`).
+        self._runner: Connections | Pooled | None = None
 
     def _connect(self) -> tuple[SyncClient, list[Any]]:
         client, closing = connect(self.config)
-        self._direct = None
-        if self.config.kind == "standalone" and "max_connections" not in self.config.kwargs:
-            # A bounded pool keeps redis-py's (it refuses the n+1st connection).
+        if self.config.own_connections:
             assert isinstance(client, redis_py.Redis)
-            self._direct = Connections(client.connection_pool)
-            closing.append(self._direct)
+            self._runner = Connections(client.connection_pool)
+            closing.append(self._runner)
+        else:
+            self._runner = Pooled(client)
         return client, closing
+
+    def _connected_runner(self) -> Connections | Pooled:
+        self._base.connected()
+        runner = self._runner
+        if runner is None:  # closed by another thread meanwhile
+            runner = self._runner = Pooled(self._base.connected())
+        return runner
 
     def client(self) -> SyncClient:
         """The redis-py client, built on first use (for administration and tests)."""
@@ -173,58 +204,37 @@ class RedisBackend:
 
     def _run(self, op: C.Op[T]) -> T:
         base = self._base
-        client = base.client
-        if client is None:
-            client = base.connected()
-        direct = self._direct
+        runner = self._runner or self._connected_runner()
         try:
-            if direct is not None:
-                try:
-                    reply = direct.run(op.command)
-                except NoScriptError:
-                    if op.script is None:
-                        raise
-                    direct.run(("SCRIPT", "LOAD", op.script))  # a new or flushed server
-                    reply = direct.run(op.command)
-            else:
-                try:
-                    reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
-                except NoScriptError:
-                    if op.script is None:
-                        raise
-                    client.script_load(op.script)
-                    reply = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            try:
+                reply = runner.run(op.command)
+            except NoScriptError:
+                if op.script is None:
+                    raise
+                runner.load_script(op.script)  # a new or flushed server: load the script, then once more
+                reply = runner.run(op.command)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:
-            self._check_policy(client)
+            self._check_policy()
         return op.parse(reply)
 
     def _run_batch(self, batch: C.Batch[T]) -> T:
-        """Run a batch of plain commands in one pipeline (one round trip), and read it."""
+        """Run a batch of plain commands in one round trip, and read it."""
         base = self._base
-        client = base.client
-        if client is None:
-            client = base.connected()
-        direct = self._direct
+        runner = self._runner or self._connected_runner()
         try:
-            if direct is not None:
-                replies = direct.run(*batch.commands)
-            else:
-                pipe = client.pipeline(transaction=False)
-                for command in batch.commands:
-                    pipe.execute_command(*command)
-                replies = pipe.execute()
+            replies = runner.run(*batch.commands)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:
-            self._check_policy(client)
+            self._check_policy()
         return batch.parse(replies)
 
-    def _check_policy(self, client: SyncClient) -> None:
+    def _check_policy(self) -> None:
         """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
         try:
-            self._base.policy_result(client.config_get("maxmemory-policy"), None)
+            self._base.policy_result(self._base.connected().config_get("maxmemory-policy"), None)
         except C.ERRORS as exc:
             self._base.policy_result(None, exc)
 
@@ -326,7 +336,9 @@ class RedisBackend:
 
     def close(self) -> None:
         """Close the connection pools; a later call opens new ones."""
-        for client in self._base.take_closing():
+        closing = self._base.take_closing()
+        self._runner = None
+        for client in closing:
             client.close()
 
     # -- administration ------------------------------------------------------------------------

@@ -106,6 +106,10 @@ class Connections:
                 await conn.disconnect(nowait=True)
             await self._pool.disconnect(inuse_connections=False)
 
+    async def load_script(self, script: str) -> None:
+        """Load a script's source into the server's script cache (SCRIPT LOAD)."""
+        await self.run(("SCRIPT", "LOAD", script))
+
     def after_fork(self) -> None:
         """In a forked child: drop the parent's connections unclosed (closing would shut the parent's sockets)."""
         self._idle = []
@@ -115,6 +119,26 @@ class Connections:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect()
+
+
+class Pooled:
+    """Commands through redis-py's client and its pool: for Sentinel, Cluster and a bounded pool."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def run(self, *commands: tuple[C.Arg, ...]) -> Any:
+        """Send the commands (several: in one pipeline); one reply, or a list of them."""
+        if len(commands) == 1:
+            return await self._client.execute_command(*commands[0])
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
+
+    async def load_script(self, script: str) -> None:
+        """Load a script's source (on every primary of a Cluster)."""
+        await self._client.script_load(script)
 
 
 def connect(config: C.ClientConfig) -> tuple[AsyncClient, list[Any]]:
@@ -151,8 +175,8 @@ class AsyncRedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Whether one pipeline runs in order on one server (not Cluster, whose index sets live elsewhere).
         self._ordered = config.kind != "cluster"
-        #: The hot path's own connections (a standalone server): built with the client.
-        self._direct: Connections | None = None
+        #: What runs the primitives' commands: built with the client (see :meth:`_connect`).
+        self._runner: Connections | Pooled | None = None
         self._timeout: float | None = config.kwargs.get("socket_timeout")
 
     def _connect(self) -> tuple[AsyncClient, list[Any]]:
@@ -161,13 +185,20 @@ class AsyncRedisBackend:
         except RuntimeError:  # built outside a loop (client() in a test): the first command's loop owns it
             self._loop = None
         client, closing = connect(self.config)
-        self._direct = None
-        if self.config.kind == "standalone" and "max_connections" not in self.config.kwargs:
-            # A bounded pool keeps redis-py's (it waits for or refuses the n+1st connection).
+        if self.config.own_connections:
             assert isinstance(client, aredis.Redis)
-            self._direct = Connections(client.connection_pool, self._timeout)
-            closing.append(self._direct)
+            self._runner = Connections(client.connection_pool, self._timeout)
+            closing.append(self._runner)
+        else:
+            self._runner = Pooled(client)
         return client, closing
+
+    def _connected_runner(self) -> Connections | Pooled:
+        self._base.connected()
+        runner = self._runner
+        if runner is None:  # closed meanwhile
+            runner = self._runner = Pooled(self._base.connected())
+        return runner
 
     def client(self) -> AsyncClient:
         """The ``redis.asyncio`` client, built on first use (for administration and tests)."""
@@ -175,65 +206,44 @@ class AsyncRedisBackend:
 
     async def _arun(self, op: C.Op[T]) -> T:
         base = self._base
-        client = base.client
-        if client is None:
-            client = base.connected()
-        direct = self._direct
+        runner = self._runner or self._connected_runner()
         try:
-            if direct is not None:
-                try:
-                    reply = await direct.run(op.command)
-                except NoScriptError:
-                    if op.script is None:
-                        raise
-                    await direct.run(("SCRIPT", "LOAD", op.script))  # a new or flushed server
-                    reply = await direct.run(op.command)
-            else:
-                try:
-                    reply = await client.execute_command(*op.command)
-                except NoScriptError:
-                    if op.script is None:
-                        raise
-                    await client.script_load(op.script)
-                    reply = await client.execute_command(*op.command)
+            try:
+                reply = await runner.run(op.command)
+            except NoScriptError:
+                if op.script is None:
+                    raise
+                await runner.load_script(op.script)  # a new or flushed server: load the script, then once more
+                reply = await runner.run(op.command)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         except asyncio.TimeoutError as exc:
             raise base.timed_out(self._timeout) from exc
         if base.policy_pending:
-            await self._check_policy(client)
+            await self._check_policy()
         return op.parse(reply)
-
-    async def _check_policy(self, client: AsyncClient) -> None:
-        """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
-        base = self._base
-        try:
-            base.policy_result(await client.config_get("maxmemory-policy"), None)
-        except C.ERRORS as exc:
-            base.policy_result(None, exc)
 
     async def _arun_batch(self, batch: C.Batch[T]) -> T:
         """Run a batch of plain commands in one round trip, and read it."""
         base = self._base
-        client = base.client
-        if client is None:
-            client = base.connected()
-        direct = self._direct
+        runner = self._runner or self._connected_runner()
         try:
-            if direct is not None:
-                replies = await direct.run(*batch.commands)
-            else:
-                pipe = client.pipeline(transaction=False)
-                for command in batch.commands:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
+            replies = await runner.run(*batch.commands)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         except asyncio.TimeoutError as exc:
             raise base.timed_out(self._timeout) from exc
         if base.policy_pending:
-            await self._check_policy(client)
+            await self._check_policy()
         return batch.parse(replies)
+
+    async def _check_policy(self) -> None:
+        """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
+        base = self._base
+        try:
+            base.policy_result(await base.connected().config_get("maxmemory-policy"), None)
+        except C.ERRORS as exc:
+            base.policy_result(None, exc)
 
     async def _arun_all(self, ops: Sequence[C.Op[Any]]) -> list[Any]:
         """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
@@ -326,6 +336,7 @@ class AsyncRedisBackend:
         """See :meth:`.redis.RedisBackend.close`; connections are closed on the event loop that opened them."""
         owner, self._loop = self._loop, None
         closing = self._base.take_closing()
+        self._runner = None
         if owner is not None and owner is not asyncio.get_running_loop():
             # One app served from two loops (two test clients of one app): another loop's streams
             # cannot be awaited here. Close them on their loop if it still runs; else they died with it.
