@@ -42,8 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendUnavailable, ConfigError
@@ -651,6 +651,8 @@ class RedisBase(Generic[ClientT]):
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
         """The :class:`BackendUnavailable` for a redis-py error: this backend and the cause, one line."""
         cause = " ".join(str(exc).split()) or type(exc).__name__
+        if _auth_failed(exc):
+            cause = f"authentication failed ({cause}); the URL carries the password: redis://:PASSWORD@host:6379/0"
         return BackendUnavailable(f"redis backend {self.name} is unavailable: {cause}", backend=self.name)
 
     def timed_out(self, seconds: float | None) -> BackendUnavailable:
@@ -680,6 +682,17 @@ class RedisBase(Generic[ClientT]):
                 self.name,
                 policy,
             )
+
+
+def _auth_failed(exc: BaseException | None) -> bool:
+    """Whether an error is, or was raised from, a refused authentication (asyncio redis-py wraps it)."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, AuthenticationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _find_policy(reply: Any) -> str | None:
