@@ -100,16 +100,22 @@ def private_redis(name: str = "redis-server", *extra: str) -> ServerProcess | No
     return ServerProcess(name, lambda port: [*argv, "--port", str(port)], free_port())
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[ServerProcess | None]:
-    """A private redis-server, or None when none can be started."""
-    srv = private_redis()
+def serve(srv: ServerProcess | None) -> Iterator[ServerProcess | None]:
+    """Run ``srv`` (when there is one) for the life of a fixture."""
     if srv is None:
         yield None
         return
     srv.start()
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ServerProcess | None]:
+    """A private redis-server, or None when none can be started."""
+    yield from serve(private_redis())
 
 
 def _wait_until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -220,13 +226,7 @@ def private_memcached(name: str = "memcached") -> ServerProcess | None:
 @pytest.fixture(scope="session")
 def memcached_server() -> Iterator[ServerProcess | None]:
     """A private memcached, or None when none can be started."""
-    srv = private_memcached()
-    if srv is None:
-        yield None
-        return
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from serve(private_memcached())
 
 
 @pytest.fixture(scope="session")
