@@ -87,19 +87,8 @@ DRIVER_OPTIONS: dict[str, tuple[str, ...]] = {
         "read_timeout",
         "write_timeout",
     ),
-    "mariadb": (
-        "charset",
-        "ssl_ca",
-        "ssl_cert",
-        "ssl_key",
-        "ssl_capath",
-        "ssl_cipher",
-        "ssl_check_hostname",
-        "unix_socket",
-        "read_timeout",
-        "write_timeout",
-    ),
 }
+DRIVER_OPTIONS["mariadb"] = DRIVER_OPTIONS["mysql"]  # the same drivers (PyMySQL, mysqlclient) take both
 
 # The driver to use when the URL names only the dialect: the one our extras install.
 _DEFAULT_DRIVER = {
