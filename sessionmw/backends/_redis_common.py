@@ -1,9 +1,10 @@
 """What the sync and asyncio Redis backends share: keys, Lua scripts, record encoding, URL options.
 
 Rules of this module: no I/O. Everything the two twins (``redis.py`` on :class:`redis.Redis`,
-``redis_async.py`` on :mod:`redis.asyncio`) do is described here as an :class:`Op`: one round trip
-(a Lua script by EVALSHA, or one plain command), the command's arguments, and how to read the reply.
-A twin's method builds an op and runs it; the only difference between the twins is ``await``.
+``redis_async.py`` on :mod:`redis.asyncio`) do is described here as an :class:`Op` (one round trip:
+a Lua script by EVALSHA, or one plain command, and how to read the reply) or a :class:`Batch` (plain
+commands pipelined in one round trip: the lock's SET NX PX and the record's GET). A twin's method
+builds an op and runs it; the only difference between the twins is ``await``.
 
 Layout, for a session ``sid`` under key prefix ``p``::
 
@@ -12,11 +13,12 @@ Layout, for a session ``sid`` under key prefix ``p``::
     puser:{uid}   the per-user index: a set of the sids of user ``uid`` (``str(user_id)``), no TTL
 
 The ``{sid}`` hash tag puts the two keys of one session in one Cluster slot, so every script may use
-both. The record is one string, so a save is one SET and a load one GET of one bulk reply. A touch
-rewrites the record's metadata line in place, server-side (last access, expiry, last IP; the other
-elements keep their exact text) and refreshes its TTL: the data never crosses the wire, and no
-second key is read or written by a lock, a load or a save. (Versions before kept the last touch in
-a ``p{sid}:a`` key; one left over is ignored and expires with its TTL.)
+both, and a pipeline of both goes to one node. The record is one string, so a save is one SET and a
+load one GET of one bulk reply. A touch rewrites the record's metadata line in place, server-side
+(last access, expiry, last IP; the other elements keep their exact text) and refreshes its TTL: the
+data never crosses the wire, and no second key is read or written by a lock, a load or a save.
+(Versions before kept the last touch in a ``p{sid}:a`` key; one left over is ignored and expires
+with its TTL.)
 
 The per-user index has its own hash tag, so in Cluster it lives in another slot than the session: it
 is updated by a separate command, never inside a session's script. ``create`` of a session with a

@@ -15,7 +15,11 @@ Every primitive is one round trip (see :mod:`._redis_common` for keys, scripts a
 index), but for the index's own updates: a ``delete`` of a session with a user, and a ``save`` that
 changes the user, add one; a ``create`` with a user pipelines its SADD. redis-py's own
 retries are off (the core decides about waiting), so a server that is down answers at once with
-:class:`~sessionmw.errors.BackendUnavailable`; the connection pool reconnects when it is back.
+:class:`~sessionmw.errors.BackendUnavailable`; connections are made anew when it is back.
+
+On one server (not Sentinel or Cluster, and without ``max_connections``) the primitives run on
+connections of the backend's own (:class:`Connections`), skipping the per-command bookkeeping of
+redis-py's pool; the administration side uses the client and its pool.
 """
 
 from __future__ import annotations
