@@ -378,3 +378,13 @@ def test_secret_key_rotation_keeps_sessions(backend_url: str, key_prefix: str) -
     with client_for("asgi", backend=backend_url, key_prefix=key_prefix, secret_key="new") as c:
         put_cookie(c, cookie)
         assert c.get("/inc").json() == {"n": 1}, "a retired key no longer verifies"
+
+
+def test_a_test_client_without_with_block(backend_url: str, key_prefix: str) -> None:
+    # Starlette's TestClient used without ``with`` runs every request on an event loop of its own
+    # and closes it afterwards: a backend's connections of one request's loop are useless to the next.
+    client = TestClient(make_starlette_app(secret_key=SECRET, backend=backend_url, key_prefix=key_prefix))
+    for n in range(1, 5):
+        response = client.get("/inc")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"n": n}

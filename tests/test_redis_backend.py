@@ -8,6 +8,7 @@ Redis has. Tests marked ``service("redis")`` use the private redis-server of con
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -1081,3 +1082,45 @@ def test_own_connections_only_for_one_server_with_an_unbounded_pool() -> None:
         ab.client()
         assert type(b._runner).__name__ == type(ab._runner).__name__ == kind
         b.close()
+
+
+@redis_service
+def test_one_async_backend_on_several_event_loops_in_turn(redis_url: str, key_prefix: str) -> None:
+    # asyncio.run closes the loop's async generators first: the backend closes its clients then, and
+    # builds new ones on the next loop.
+    ab = open_async_backend(redis_url, key_prefix=key_prefix)
+    sid = new_session_id()
+
+    async def create() -> None:
+        assert await ab.acreate(sid, rec(b'{"n":1}'), 60)
+
+    async def load() -> bytes | None:
+        got = await ab.aload(sid)
+        return None if got is None else got.data
+
+    asyncio.run(create())
+    assert asyncio.run(load()) == b'{"n":1}', "a new loop, after the first one closed"
+    assert asyncio.run(load()) == b'{"n":1}'
+
+
+# A loop closed without closing its async generators first (loop.close() alone) leaves its
+# connections unclosable: they are dropped, and Python may warn about their sockets when it collects them.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@redis_service
+def test_an_async_backend_outlives_a_loop_closed_abruptly(redis_url: str, key_prefix: str) -> None:
+    ab = open_async_backend(redis_url, key_prefix=key_prefix)
+    sid = new_session_id()
+
+    async def create() -> None:
+        assert await ab.acreate(sid, rec(b'{"n":1}'), 60)
+
+    async def load() -> bytes | None:
+        got = await ab.aload(sid)
+        return None if got is None else got.data
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(create())
+    loop.close()
+    assert asyncio.run(load()) == b'{"n":1}'
+    del loop
+    gc.collect()  # the dropped connections go now, under this test's warning filters

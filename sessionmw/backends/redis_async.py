@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -178,12 +178,16 @@ class AsyncRedisBackend:
         #: What runs the primitives' commands: built with the client (see :meth:`_connect`).
         self._runner: Connections | Pooled | None = None
         self._timeout: float | None = config.kwargs.get("socket_timeout")
+        #: The async generator that closes the clients when their loop shuts down.
+        self._loop_watch: AsyncGenerator[None, None] | None = None
 
     def _connect(self) -> tuple[AsyncClient, list[Any]]:
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop (client() in a test): the first command's loop owns it
             self._loop = None
+        else:
+            self._watch_loop_end(self._loop)
         client, closing = connect(self.config)
         if self.config.own_connections:
             assert isinstance(client, aredis.Redis)
@@ -193,12 +197,55 @@ class AsyncRedisBackend:
             self._runner = Pooled(client)
         return client, closing
 
-    def _connected_runner(self) -> Connections | Pooled:
+    def _runner_here(self) -> Connections | Pooled:
+        """The runner of the running event loop, built on first use.
+
+        Connections belong to the loop that opened them. When another loop calls (Starlette's
+        TestClient without ``with`` runs each request on a loop of its own, then closes it), the
+        clients of the old loop are given up, closed on it if it still runs, and new ones are built.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is None:  # built outside a loop, no connection yet: this loop owns it
+                self._loop = loop
+            else:
+                self._give_up_clients()
         self._base.connected()
         runner = self._runner
         if runner is None:  # closed meanwhile
             runner = self._runner = Pooled(self._base.connected())
         return runner
+
+    def _watch_loop_end(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the clients when ``loop`` shuts down, while it can still run their closing.
+
+        ``asyncio.run``, ``asyncio.Runner`` and anyio close every live async generator of a loop
+        before closing the loop (``loop.shutdown_asyncgens()``). One such generator, stepped to its
+        ``yield`` here, closes this backend's clients in its ``finally`` at that moment; so a loop that
+        ends without the app's lifespan shutdown (Starlette's TestClient without ``with``, a script's
+        ``asyncio.run``) does not leave its connections behind unclosed.
+        """
+
+        async def until_loop_ends() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if self._loop is loop:
+                    await self.aclose()
+
+        watch = until_loop_ends()
+        with contextlib.suppress(StopIteration):
+            watch.asend(None).send(None)  # runs to the yield: no await before it
+        self._loop_watch = watch  # kept alive until the loop's shutdown (or the next loop's client)
+
+    def _give_up_clients(self) -> None:
+        """Forget the clients of another event loop; close them there if that loop still runs."""
+        owner, self._loop = self._loop, None
+        closing = self._base.take_closing()
+        self._runner = None
+        if owner is not None and owner.is_running() and not owner.is_closed():
+            for client in closing:
+                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
 
     def client(self) -> AsyncClient:
         """The ``redis.asyncio`` client, built on first use (for administration and tests)."""
@@ -206,7 +253,9 @@ class AsyncRedisBackend:
 
     async def _arun(self, op: C.Op[T]) -> T:
         base = self._base
-        runner = self._runner or self._connected_runner()
+        runner = self._runner
+        if runner is None or self._loop is not asyncio.get_running_loop():
+            runner = self._runner_here()
         try:
             try:
                 reply = await runner.run(op.command)
@@ -226,7 +275,9 @@ class AsyncRedisBackend:
     async def _arun_batch(self, batch: C.Batch[T]) -> T:
         """Run a batch of plain commands in one round trip, and read it."""
         base = self._base
-        runner = self._runner or self._connected_runner()
+        runner = self._runner
+        if runner is None or self._loop is not asyncio.get_running_loop():
+            runner = self._runner_here()
         try:
             replies = await runner.run(*batch.commands)
         except C.ERRORS as exc:
@@ -250,9 +301,8 @@ class AsyncRedisBackend:
         if not ops:
             return []
         base = self._base
-        client = base.client
-        if client is None:
-            client = base.connected()
+        self._runner_here()  # on this loop's client
+        client = base.connected()
         try:
             pipe = client.pipeline(transaction=False)
             for op in ops:
