@@ -6,6 +6,7 @@ touched.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import threading
@@ -594,11 +595,14 @@ def test_unreachable_database_is_backend_unavailable(spec: str) -> None:
 
 
 class _Proxy:
-    """A TCP forwarder on a loopback port, which a test can cut and restore like a flaky network."""
+    """A TCP forwarder on a loopback port, which a test can cut and restore like a flaky network, or
+    freeze: connections stay open and nothing more gets through, as with a server that stopped answering."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
+        #: While set, what arrives is held back, not forwarded.
+        self.frozen = threading.Event()
         self._listener: socket.socket | None = None
         self._socks: list[socket.socket] = []
         self._mutex = threading.Lock()
@@ -629,14 +633,16 @@ class _Proxy:
             with self._mutex:
                 self._socks += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pipe, args=(src, dst), daemon=True)
+                thread = threading.Thread(target=self._pipe, args=(src, dst, self.frozen), daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, frozen: threading.Event) -> None:
         try:
             while chunk := src.recv(65536):
+                if frozen.is_set():
+                    continue  # swallowed: the peer hears nothing, and the socket stays open
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -694,6 +700,88 @@ def test_backend_recovers_when_the_database_comes_back(
         proxy.stop()
         b.close()
         cleaner = sql(open_backend(real))
+        try:
+            with cleaner.engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        finally:
+            cleaner.close()
+
+
+def test_a_statement_stuck_behind_a_lock_gives_up_after_socket_timeout(
+    db_url: str, tables: Callable[[], str], key_prefix: str
+) -> None:
+    # A request must get an answer within seconds, never hang a worker: here another transaction
+    # holds the session's row (an admin's open transaction, a stuck migration), and the backend's
+    # UPDATE waits for it. PostgreSQL's statement_timeout, MariaDB's innodb_lock_wait_timeout and
+    # socket timeouts, and SQLite's busy timeout are all set from ?socket_timeout.
+    table = tables()
+    b = sql(open_backend(with_option(db_url, f"table={table}&socket_timeout=1"), key_prefix=key_prefix))
+    sid = new_session_id()
+    assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+    other = sa.create_engine(db_url)
+    try:
+        with other.connect() as conn:
+            trans = conn.begin()
+            if other.dialect.name == "sqlite":  # SQLite locks the whole database for a writer
+                conn.execute(sa.text(f"UPDATE {table} SET state = state WHERE sid = :k"), {"k": b._key(sid)})
+            else:
+                conn.execute(sa.text(f"SELECT sid FROM {table} WHERE sid = :k FOR UPDATE"), {"k": b._key(sid)})
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match=f"SQL backend {re.escape(b.name)} is unavailable"):
+                b.lock_and_load(sid, new_lock_token(), 30)
+            waited = time.monotonic() - started
+            trans.rollback()
+        assert 0.5 < waited < 8, f"gave up after {waited:.2f} s"
+        locked, got = b.lock_and_load(sid, new_lock_token(), 30)  # the same backend works on
+        assert locked and got is not None and got.data == b'{"v":1}'
+    finally:
+        other.dispose()
+        b.close()
+
+
+def test_socket_timeout_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="socket_timeout"):
+        open_backend(f"sqlite:///{tmp_path}/s.db?socket_timeout=-1")
+
+
+def test_statement_timeouts_reach_the_drivers() -> None:
+    args = sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {})
+    assert args["connect_timeout"] == 5 and args["options"] == "-c statement_timeout=2500"
+    assert args["keepalives_idle"] == 3 and args["tcp_user_timeout"] == 2500
+    assert "keepalives_idle" not in sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {"keepalives_idle": "60"})
+    assert "options" not in sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {"options": "-c search_path=x"})
+    args = sqlmod._connect_args("mysql", "pymysql", 5.0, 2.5, {"read_timeout": "30"})
+    assert args["write_timeout"] == 3 and "read_timeout" not in args, "the URL's own read_timeout wins"
+    assert args["init_command"] == "SET SESSION innodb_lock_wait_timeout = 3"
+    assert sqlmod._connect_args("sqlite", "pysqlite", 5.0, 2.5, {})["timeout"] == 2.5
+
+
+def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(mysql_url: str, key_prefix: str) -> None:
+    # MySQL/MariaDB: the driver's socket read timeout. (PostgreSQL's libpq has no read timeout: a
+    # server that is slow answers statement_timeout, and a host that is gone the TCP keepalives and
+    # tcp_user_timeout sessionmw sets; a server process frozen on a live host would not be noticed.)
+    target = sa.make_url(mysql_url)
+    proxy = _Proxy(target.port or 3306)
+    proxy.start()
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    via = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    b = sql(open_backend(with_option(via, f"table={table}&socket_timeout=1"), key_prefix=key_prefix))
+    try:
+        sid = new_session_id()
+        assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+        proxy.frozen.set()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="timed out"):
+            b.load(sid)
+        waited = time.monotonic() - started
+        assert waited < 8, f"gave up after {waited:.2f} s"
+        proxy.frozen.clear()
+        got = b.load(sid)  # a new connection: the timed-out one was dropped
+        assert got is not None and got.data == b'{"v":1}'
+    finally:
+        proxy.stop()
+        b.close()
+        cleaner = sql(open_backend(mysql_url))
         try:
             with cleaner.engine.begin() as conn:
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

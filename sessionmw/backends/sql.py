@@ -5,7 +5,9 @@ URLs: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``postgresql+psycop
 psycopg 3 and PyMySQL, the drivers the ``[postgresql]`` and ``[mysql]`` extras install).
 
 Options in the query string: ``table`` (default ``sessmw_sessions``, so two sites can share a database),
-``connect_timeout`` (seconds, default 5), ``pool_size``, ``max_overflow``, ``pool_timeout``,
+``connect_timeout`` (seconds, default 5), ``socket_timeout`` (seconds one statement may take, default
+10: PostgreSQL's ``statement_timeout``; MySQL/MariaDB's socket read and write timeouts and
+``innodb_lock_wait_timeout``; SQLite's busy timeout), ``pool_size``, ``max_overflow``, ``pool_timeout``,
 ``pool_recycle``, and per driver a fixed list of connection options forwarded to it (TLS and the like,
 see :data:`DRIVER_OPTIONS`).
 
@@ -40,7 +42,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -514,16 +516,39 @@ class SQLBackend:
 # -- construction ------------------------------------------------------------------------------
 
 
-def _connect_args(dialect: str, driver: str, timeout: float) -> dict[str, Any]:
-    """Return the driver's own connect arguments for a connect timeout (and SQLite's threading)."""
-    if dialect == "sqlite":
-        return {"timeout": timeout, "check_same_thread": False}
+def _connect_args(
+    dialect: str, driver: str, connect: float, statement: float, given: Mapping[str, str]
+) -> dict[str, Any]:
+    """The driver's own connect arguments for the connect timeout and the statement timeout.
+
+    ``given`` are the driver options the URL forwards; a timeout the URL sets itself is left alone.
+    """
+    if dialect == "sqlite":  # the busy timeout: how long a statement waits for another writer
+        return {"timeout": statement, "check_same_thread": False}
     if driver in ("psycopg", "psycopg2"):
-        return {"connect_timeout": max(1, math.ceil(timeout))}
-    if driver == "pg8000":
-        return {"timeout": timeout}
+        args: dict[str, Any] = {"connect_timeout": max(1, math.ceil(connect))}
+        if "options" not in given:  # statement_timeout counts waits for locks too
+            args["options"] = f"-c statement_timeout={max(1, math.ceil(statement * 1000))}"
+        # libpq has no read timeout: a host that is gone is noticed by TCP, within about the timeout
+        network = {
+            "keepalives": 1,
+            "keepalives_idle": max(1, math.ceil(statement)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": max(1, math.ceil(statement * 1000)),
+        }
+        args.update((k, v) for k, v in network.items() if k not in given)
+        return args
+    if driver == "pg8000":  # one socket timeout for everything
+        return {"timeout": max(connect, statement)}
     if driver in ("pymysql", "mysqldb", "mariadbconnector"):
-        return {"connect_timeout": max(1, math.ceil(timeout))}
+        args = {"connect_timeout": max(1, math.ceil(connect))}
+        for option in ("read_timeout", "write_timeout"):  # the socket's: a silent server
+            if option not in given:
+                args[option] = max(1, math.ceil(statement))
+        if "init_command" not in given:  # the server's own wait for a row lock (50 s by default)
+            args["init_command"] = f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(statement))}"
+        return args
     return {}
 
 
@@ -543,6 +568,7 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
     """Build the backend for a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``, ...)."""
     table = url.take("table", str, DEFAULT_TABLE)
     timeout = url.take("connect_timeout", positive_float, 5.0)
+    statement_timeout = url.take("socket_timeout", positive_float, 10.0)
     pool: dict[str, Any] = {
         "pool_size": url.take("pool_size", positive_int, None),
         "max_overflow": url.take("max_overflow", int, None),
@@ -577,7 +603,8 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
                 option="backend",
             )
     try:
-        engine = sa.create_engine(sa_url, connect_args=_connect_args(dialect, driver, timeout), **kwargs)
+        connect_args = _connect_args(dialect, driver, timeout, statement_timeout, forwarded)
+        engine = sa.create_engine(sa_url, connect_args=connect_args, **kwargs)
     except ImportError as exc:
         extra = _EXTRA.get(family)
         hint = f"pip install 'sessionmw[{extra}]'" if extra else f"install the DB-API driver for {scheme}://"
@@ -589,7 +616,7 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
         text = str(exc).replace(url.password, "***") if url.password else str(exc)
         raise ConfigError(f"SQL backend URL {url.display!r}: {text}", option="backend") from None
     if dialect == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas(int(timeout * 1000)))
+        sa.event.listen(engine, "connect", _sqlite_pragmas(int(statement_timeout * 1000)))
     try:
         return SQLBackend(engine, name=url.display, table=table, key_prefix=key_prefix, password=url.password)
     except ConfigError:
