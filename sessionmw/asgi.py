@@ -8,6 +8,7 @@ is synchronous), write back and release when ``http.response.start`` goes out, a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -18,10 +19,12 @@ from .backends import AsyncBackend, Backend, open_async_backend
 from .config import OPTION_NAMES, build_settings, unknown_option_error
 from .cookies import format_delete_cookie, format_set_cookie
 from .core import CookieAction, SessionCore
-from .errors import ConfigError, SessionUnavailable
+from .errors import BackendUnavailable, ConfigError, SessionUnavailable
 from .readonly import STATIC, find_starlette_endpoint, is_read_only
 
 __all__ = ["SessionMiddleware", "default_backend_url", "unavailable_body"]
+
+logger = logging.getLogger("sessionmw")
 
 #: How many (method, path) pairs the read-only route lookup remembers.
 ROUTE_CACHE_SIZE = 4096
@@ -250,14 +253,28 @@ class SessionMiddleware:
                 await handle.finish(session)
 
     def _closing_send(self, send: Send) -> Send:
-        """Wrap a lifespan ``send`` so the backend's connections close when the app shuts down."""
+        """Wrap a lifespan ``send``: probe the backend when the app has started, close it when it stops."""
 
         async def closing_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                await self._probe()
+            elif kind == "lifespan.shutdown.complete":
                 await self.aclose()
             await send(message)
 
         return closing_send
+
+    async def _probe(self) -> None:
+        """Reach a backend that can be probed (Redis) at start-up, so that a store that may drop
+        sessions, or one that is down, is named in the log before the first request."""
+        probe = getattr(self.backend, "aprobe", None)
+        if probe is None:
+            return
+        try:
+            await probe()
+        except BackendUnavailable as exc:
+            logger.warning("at start-up: %s; requests that need their session get a 503 until it answers", exc)
 
     def _cookie_header(self, action: CookieAction) -> str:
         s = self.settings

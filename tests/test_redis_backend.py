@@ -1124,3 +1124,48 @@ def test_an_async_backend_outlives_a_loop_closed_abruptly(redis_url: str, key_pr
     assert asyncio.run(load()) == b'{"n":1}'
     del loop
     gc.collect()  # the dropped connections go now, under this test's warning filters
+
+
+@redis_service
+def test_asgi_startup_names_a_redis_that_may_evict_sessions(
+    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from starlette.testclient import TestClient
+
+    from .apps import make_starlette_app
+
+    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    raw.config_set("maxmemory-policy", "allkeys-lru")
+    caplog.set_level(logging.WARNING, logger="sessionmw")
+    try:
+        with TestClient(make_starlette_app(secret_key="k", backend=redis_url, key_prefix=key_prefix)):
+            named = [r for r in caplog.records if r.name == "sessionmw" and "allkeys-lru" in r.getMessage()]
+            assert len(named) == 1, "named at start-up, before any request"
+    finally:
+        raw.config_set("maxmemory-policy", old)
+
+
+def test_asgi_starts_while_redis_is_down_and_says_so(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    from starlette.testclient import TestClient
+
+    from .apps import make_starlette_app
+
+    url = f"redis://127.0.0.1:{free_port()}/0?connect_timeout=1"  # nothing listens there
+    caplog.set_level(logging.WARNING, logger="sessionmw")
+    with TestClient(make_starlette_app(secret_key="k", backend=url, key_prefix=key_prefix)) as client:
+        said = [r.getMessage() for r in caplog.records if r.name == "sessionmw"]
+        assert any(m.startswith("at start-up: redis backend redis://127.0.0.1:") for m in said), said
+        response = client.get("/inc")
+        assert response.status_code == 503 and "unavailable" in response.text
+    b = sync_backend(url, key_prefix)
+    with pytest.raises(BackendUnavailable, match="is unavailable"):
+        b.probe()
+    b.close()
+
+
+@redis_service
+def test_probe_reaches_a_live_server(redis_url: str, key_prefix: str) -> None:
+    b = sync_backend(redis_url, key_prefix)
+    b.probe()
+    assert not b._base.policy_pending, "the eviction policy was checked"
+    b.close()

@@ -76,6 +76,7 @@ __all__ = [
     "index_remove",
     "load",
     "pick_user_sessions",
+    "ping",
     "lock_and_load",
     "members",
     "decode",
@@ -419,6 +420,11 @@ def lock_and_load(keys: Keys, sid: str, token: str, expire: float) -> Batch[tupl
     """
     k = f"{keys.prefix}{{{sid}}}".encode()
     return Batch((("SET", k + b":lock", token.encode(), b"NX", b"PX", ms(expire)), ("GET", k)), _locked)
+
+
+def ping() -> Op[bool]:
+    """PING: is the server there."""
+    return Op(("PING",), None, _flag)
 
 
 def load(keys: Keys, sid: str) -> Op[Record | None]:

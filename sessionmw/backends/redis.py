@@ -293,6 +293,11 @@ class RedisBackend:
         """Try once to lock ``sid``; when taken, return its record too (one script call)."""
         return self._run_batch(C.lock_and_load(self._base.keys, sid, token, expire))
 
+    def probe(self) -> None:
+        """Reach the server once: a PING, then the eviction-policy check (a warning when Redis may drop
+        sessions); raises :class:`~sessionmw.errors.BackendUnavailable` when it is down."""
+        self._run(C.ping())
+
     def load(self, sid: str) -> Record | None:
         """Return the record of ``sid`` without locking (one GET)."""
         return self._run(C.load(self._base.keys, sid))

@@ -327,6 +327,10 @@ class AsyncRedisBackend:
         """See :meth:`.redis.RedisBackend.lock_and_load`."""
         return await self._arun_batch(C.lock_and_load(self._base.keys, sid, token, expire))
 
+    async def aprobe(self) -> None:
+        """See :meth:`.redis.RedisBackend.probe` (the ASGI middleware calls it at start-up)."""
+        await self._arun(C.ping())
+
     async def aload(self, sid: str) -> Record | None:
         """See :meth:`.redis.RedisBackend.load`."""
         return await self._arun(C.load(self._base.keys, sid))
