@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -676,26 +677,17 @@ class _Proxy:
             s.close()
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
-def test_backend_recovers_when_the_database_comes_back(
-    request: pytest.FixtureRequest, kind: str, key_prefix: str
-) -> None:
-    real = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+@contextmanager
+def through_proxy(real: str, key_prefix: str, options: str) -> Iterator[tuple[_Proxy, SQLBackend]]:
+    """A backend on a table of its own, reaching the database ``real`` through a :class:`_Proxy`."""
     target = sa.make_url(real)
-    proxy = _Proxy(target.port or (5432 if kind == "postgresql" else 3306))
+    proxy = _Proxy(target.port or (5432 if target.get_backend_name() == "postgresql" else 3306))
     proxy.start()
     table = f"t_{uuid.uuid4().hex[:12]}"
     via = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    b = sql(open_backend(with_option(via, f"table={table}&connect_timeout=2"), key_prefix=key_prefix))
+    b = sql(open_backend(with_option(via, f"table={table}&{options}"), key_prefix=key_prefix))
     try:
-        sid = new_session_id()
-        assert b.create(sid, rec(b'{"v":1}'), ttl=60)
-        proxy.stop()
-        with pytest.raises(BackendUnavailable):
-            b.load(sid)
-        proxy.start()
-        got = b.load(sid)
-        assert got is not None and got.data == b'{"v":1}'
+        yield proxy, b
     finally:
         proxy.stop()
         b.close()
@@ -705,6 +697,22 @@ def test_backend_recovers_when_the_database_comes_back(
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         finally:
             cleaner.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_backend_recovers_when_the_database_comes_back(
+    request: pytest.FixtureRequest, kind: str, key_prefix: str
+) -> None:
+    real = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+    with through_proxy(real, key_prefix, "connect_timeout=2") as (proxy, b):
+        sid = new_session_id()
+        assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+        proxy.stop()
+        with pytest.raises(BackendUnavailable):
+            b.load(sid)
+        proxy.start()
+        got = b.load(sid)
+        assert got is not None and got.data == b'{"v":1}'
 
 
 def test_a_statement_stuck_behind_a_lock_gives_up_after_socket_timeout(
@@ -760,13 +768,7 @@ def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(mysql_ur
     # MySQL/MariaDB: the driver's socket read timeout. (PostgreSQL's libpq has no read timeout: a
     # server that is slow answers statement_timeout, and a host that is gone the TCP keepalives and
     # tcp_user_timeout sessionmw sets; a server process frozen on a live host would not be noticed.)
-    target = sa.make_url(mysql_url)
-    proxy = _Proxy(target.port or 3306)
-    proxy.start()
-    table = f"t_{uuid.uuid4().hex[:12]}"
-    via = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    b = sql(open_backend(with_option(via, f"table={table}&socket_timeout=1"), key_prefix=key_prefix))
-    try:
+    with through_proxy(mysql_url, key_prefix, "socket_timeout=1") as (proxy, b):
         sid = new_session_id()
         assert b.create(sid, rec(b'{"v":1}'), ttl=60)
         proxy.frozen.set()
@@ -778,12 +780,3 @@ def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(mysql_ur
         proxy.frozen.clear()
         got = b.load(sid)  # a new connection: the timed-out one was dropped
         assert got is not None and got.data == b'{"v":1}'
-    finally:
-        proxy.stop()
-        b.close()
-        cleaner = sql(open_backend(mysql_url))
-        try:
-            with cleaner.engine.begin() as conn:
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-        finally:
-            cleaner.close()
