@@ -1166,3 +1166,23 @@ def test_probe_reaches_a_live_server(redis_url: str, key_prefix: str) -> None:
     b.probe()
     assert not b._base.policy_pending, "the eviction policy was checked"
     b.close()
+
+
+@redis_service
+def test_a_loops_old_closing_watch_leaves_a_newer_client_alone(redis_url: str, key_prefix: str) -> None:
+    # Closed and used again on the same loop: the first client's watch (finalized when replaced)
+    # must not close the client built after it.
+    async def scenario() -> None:
+        ab = open_async_backend(redis_url, key_prefix=key_prefix)
+        assert isinstance(ab, AsyncRedisBackend)
+        assert await ab.acreate(new_session_id(), rec(), 60)
+        await ab.aclose()
+        assert await ab.acreate(new_session_id(), rec(), 60)
+        second = ab.client()
+        gc.collect()  # the first watch is garbage now: the loop's finalizer closes it on a later step
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert ab.client() is second, "the newer client was closed"
+        await ab.aclose()
+
+    asyncio.run(scenario())

@@ -186,9 +186,9 @@ class AsyncRedisBackend:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop (client() in a test): the first command's loop owns it
             self._loop = None
-        else:
-            self._watch_loop_end(self._loop)
         client, closing = connect(self.config)
+        if self._loop is not None:
+            self._watch_loop_end(self._loop, client)
         if self.config.own_connections:
             assert isinstance(client, aredis.Redis)
             self._runner = Connections(client.connection_pool, self._timeout)
@@ -216,7 +216,7 @@ class AsyncRedisBackend:
             runner = self._runner = Pooled(self._base.connected())
         return runner
 
-    def _watch_loop_end(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch_loop_end(self, loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
         """Close the clients when ``loop`` shuts down, while it can still run their closing.
 
         ``asyncio.run``, ``asyncio.Runner`` and anyio close every live async generator of a loop
@@ -230,7 +230,7 @@ class AsyncRedisBackend:
             try:
                 yield
             finally:
-                if self._loop is loop:
+                if self._base.client is client:  # not closed meanwhile (a later client is not its to close)
                     await self.aclose()
 
         watch = until_loop_ends()
