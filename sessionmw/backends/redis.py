@@ -207,33 +207,29 @@ class RedisBackend:
         return self._base.connected()
 
     def _run(self, op: C.Op[T]) -> T:
+        return op.parse(self._send((op.command,), op.script))
+
+    def _run_batch(self, batch: C.Batch[T]) -> T:
+        """Run a batch of plain commands in one round trip, and read it."""
+        return batch.parse(self._send(batch.commands, None))
+
+    def _send(self, commands: tuple[tuple[C.Arg, ...], ...], script: str | None) -> Any:
+        """Send commands in one round trip (loading ``script`` if the server lost it); the raw reply."""
         base = self._base
         runner = self._runner or self._connected_runner()
         try:
             try:
-                reply = runner.run(op.command)
+                reply = runner.run(*commands)
             except NoScriptError:
-                if op.script is None:
+                if script is None:
                     raise
-                runner.load_script(op.script)  # a new or flushed server: load the script, then once more
-                reply = runner.run(op.command)
+                runner.load_script(script)  # a new or flushed server: load the script, then once more
+                reply = runner.run(*commands)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         if base.policy_pending:
             self._check_policy()
-        return op.parse(reply)
-
-    def _run_batch(self, batch: C.Batch[T]) -> T:
-        """Run a batch of plain commands in one round trip, and read it."""
-        base = self._base
-        runner = self._runner or self._connected_runner()
-        try:
-            replies = runner.run(*batch.commands)
-        except C.ERRORS as exc:
-            raise base.unavailable(exc) from exc
-        if base.policy_pending:
-            self._check_policy()
-        return batch.parse(replies)
+        return reply
 
     def _check_policy(self) -> None:
         """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""

@@ -238,11 +238,15 @@ class AsyncRedisBackend:
             watch.asend(None).send(None)  # runs to the yield: no await before it
         self._loop_watch = watch  # kept alive until the loop's shutdown (or the next loop's client)
 
+    def _take_clients(self) -> tuple[asyncio.AbstractEventLoop | None, list[Any]]:
+        """Forget the clients (the next call builds new ones); return their loop and what to close."""
+        owner, self._loop = self._loop, None
+        self._runner = None
+        return owner, self._base.take_closing()
+
     def _give_up_clients(self) -> None:
         """Forget the clients of another event loop; close them there if that loop still runs."""
-        owner, self._loop = self._loop, None
-        closing = self._base.take_closing()
-        self._runner = None
+        owner, closing = self._take_clients()
         if owner is not None and owner.is_running() and not owner.is_closed():
             for client in closing:
                 asyncio.run_coroutine_threadsafe(client.aclose(), owner)
@@ -252,41 +256,33 @@ class AsyncRedisBackend:
         return self._base.connected()
 
     async def _arun(self, op: C.Op[T]) -> T:
+        return op.parse(await self._send((op.command,), op.script))
+
+    async def _arun_batch(self, batch: C.Batch[T]) -> T:
+        """Run a batch of plain commands in one round trip, and read it."""
+        return batch.parse(await self._send(batch.commands, None))
+
+    async def _send(self, commands: tuple[tuple[C.Arg, ...], ...], script: str | None) -> Any:
+        """Send commands in one round trip (loading ``script`` if the server lost it); the raw reply."""
         base = self._base
         runner = self._runner
         if runner is None or self._loop is not asyncio.get_running_loop():
             runner = self._runner_here()
         try:
             try:
-                reply = await runner.run(op.command)
+                reply = await runner.run(*commands)
             except NoScriptError:
-                if op.script is None:
+                if script is None:
                     raise
-                await runner.load_script(op.script)  # a new or flushed server: load the script, then once more
-                reply = await runner.run(op.command)
+                await runner.load_script(script)  # a new or flushed server: load the script, then once more
+                reply = await runner.run(*commands)
         except C.ERRORS as exc:
             raise base.unavailable(exc) from exc
         except asyncio.TimeoutError as exc:
             raise base.timed_out(self._timeout) from exc
         if base.policy_pending:
             await self._check_policy()
-        return op.parse(reply)
-
-    async def _arun_batch(self, batch: C.Batch[T]) -> T:
-        """Run a batch of plain commands in one round trip, and read it."""
-        base = self._base
-        runner = self._runner
-        if runner is None or self._loop is not asyncio.get_running_loop():
-            runner = self._runner_here()
-        try:
-            replies = await runner.run(*batch.commands)
-        except C.ERRORS as exc:
-            raise base.unavailable(exc) from exc
-        except asyncio.TimeoutError as exc:
-            raise base.timed_out(self._timeout) from exc
-        if base.policy_pending:
-            await self._check_policy()
-        return batch.parse(replies)
+        return reply
 
     async def _check_policy(self) -> None:
         """Ask once for the eviction policy (see :meth:`._redis_common.RedisBase.policy_result`)."""
@@ -388,9 +384,7 @@ class AsyncRedisBackend:
 
     async def aclose(self) -> None:
         """See :meth:`.redis.RedisBackend.close`; connections are closed on the event loop that opened them."""
-        owner, self._loop = self._loop, None
-        closing = self._base.take_closing()
-        self._runner = None
+        owner, closing = self._take_clients()
         if owner is not None and owner is not asyncio.get_running_loop():
             # One app served from two loops (two test clients of one app): another loop's streams
             # cannot be awaited here. Close them on their loop if it still runs; else they died with it.
