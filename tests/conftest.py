@@ -63,6 +63,16 @@ def wait_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Ask a child process to stop (SIGTERM); kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 @dataclass
 class ServerProcess:
     """A private server process on a loopback port, which tests may stop and start again."""

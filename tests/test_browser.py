@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, missing, wait_port
+from .conftest import free_port, missing, stop_process, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,12 +91,7 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"the demo did not start; see {ARTIFACTS / 'browser-server.log'}", pytrace=False)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.fixture

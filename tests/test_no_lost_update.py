@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from .conftest import BACKENDS, backend_url_for, free_port
+from .conftest import BACKENDS, backend_url_for, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 8
@@ -52,12 +52,7 @@ def serve(argv: list[str], env: dict[str, str], port: int) -> Iterator[str]:
             time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15)
         log.seek(0)
         tail = log.read().decode(errors="replace")[-2000:]
         log.close()
