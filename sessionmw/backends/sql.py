@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sqlite3
 import threading
 import time
 import weakref
@@ -557,7 +558,18 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            # WAL is kept in the database file, so only a new database is switched. Switching needs the
+            # database to itself and answers "database is locked" at once, busy timeout or not, when
+            # first connections race to do it: try again briefly. Should all tries lose, the
+            # connection works on in the rollback-journal mode (WAL only lets readers run beside a writer).
+            for attempt in range(10):
+                try:
+                    if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                        break
+                    cur.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError:
+                    time.sleep(0.005 * (attempt + 1))
         finally:
             cur.close()
 
