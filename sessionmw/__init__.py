@@ -8,6 +8,7 @@ routes skip the lock and the write.
 from __future__ import annotations
 
 from .asgi import SessionMiddleware as SessionMiddleware
+from .asgi import load_session as load_session
 from .backends import AsyncBackend as AsyncBackend
 from .backends import Backend as Backend
 from .backends import Record as Record
@@ -47,6 +48,7 @@ __all__ = [
     "SessionUnavailable",
     "TooManyWaiters",
     "WSGISessionMiddleware",
+    "load_session",
     "options_from_config",
     "read_only",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._drive import AsyncDriver, SyncDriver
 from .core import CookieAction, RequestInfo, SessionCore
-from .errors import ReadOnlySessionError
+from .errors import ReadOnlySessionError, SessionError
 from .session import Session, SessionHooks
 
 __all__ = ["AsyncHandle", "SyncHandle"]
@@ -128,6 +128,8 @@ class AsyncHandle(SessionHooks):
         self.action: CookieAction | None = None
         self.finished = False
         self._pending: asyncio.Task[Any] | None = None
+        #: On a route in ``lazy_paths``: the cookie's session, until the app asks for it to be loaded.
+        self._deferred: tuple[tuple[str, float | None], bool] | None = None
 
     # The request facts the core reads (RequestFacts), taken from the scope only when asked: most
     # requests write nothing and never need them.
@@ -168,6 +170,38 @@ class AsyncHandle(SessionHooks):
             )
         )
 
+    def defer(self, session: Session, found: tuple[str, float | None], lock: bool) -> None:
+        """Leave the session unloaded until :meth:`aload` (``await load_session(request)``)."""
+        self._deferred = (found, lock)
+        session._make_lazy()
+
+    async def aload(self, session: Session) -> None:
+        """Load a deferred session now (once); a failure is raised here and at every later use."""
+        if self._deferred is None:
+            return
+        (found, lock), self._deferred = self._deferred, None
+        session._unlazy()
+        try:
+            await self.open(session, found, lock=lock)
+        except BaseException as exc:
+            session._poison(exc)
+            raise
+
+    def load(self, session: Session) -> None:
+        """The first use of a deferred session: loaded here from a worker thread (a sync endpoint)."""
+        if self._deferred is None:
+            return
+        if self._in_loop():
+            session._make_lazy()  # still unloaded: the app may load it and try again
+            raise SessionError(
+                f"{self.path} is in lazy_paths: load its session with 'await sessionmw.load_session(request)' "
+                "(or Depends(load_session) in FastAPI) before an async endpoint uses it"
+            )
+        from anyio import from_thread
+
+        from_thread.run(self.aload, session)
+        session._ensure()  # decode what was loaded
+
     async def finish(self, session: Session) -> CookieAction | None:
         """Write back and release (once); return the cookie action."""
         if self._pending is not None:
@@ -180,8 +214,11 @@ class AsyncHandle(SessionHooks):
     async def _close(self, session: Session) -> CookieAction | None:
         if not self.finished:
             self.finished = True
-            if session._stored_id is None and not session.modified and not session._lazy:
-                # A new session nobody changed: nothing to write, nothing held (the common anonymous case).
+            if self._deferred is not None or (
+                session._stored_id is None and not session.modified and not session._lazy
+            ):
+                # A new session nobody changed, or a lazy route's session nobody loaded: nothing to
+                # write, nothing held (the common anonymous case).
                 session._released = True
                 return None
             self.action = await self.driver.run(
@@ -232,6 +269,11 @@ class AsyncHandle(SessionHooks):
         """Re-read the session under its lock."""
         if self.finished:
             raise ReadOnlySessionError("the session was already released; it cannot take a lock now")
+        if self._deferred is not None:  # never loaded: load it under the lock straight away
+            self._deferred = (self._deferred[0], True)
+            self.core.set_read_only(session, False, False)
+            await self.aload(session)
+            return
         sid = self.core.reset_for_upgrade(session)
         if sid is not None:
             await self.open(session, (sid, session._cookie_signed_at), lock=True)

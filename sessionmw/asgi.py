@@ -2,8 +2,9 @@
 
 It only translates between ASGI and the core: find the cookie, learn whether the route is
 read-only, load (and lock) before the app runs when a signed cookie is present (``request.session``
-is synchronous), write back and release when ``http.response.start`` goes out, and release in a
-``finally`` when the app fails.
+is synchronous; on a route in ``lazy_paths``, at ``await load_session(request)`` instead), write
+back and release when ``http.response.start`` goes out, and release in a ``finally`` when the app
+fails.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from starlette.requests import HTTPConnection
+
 from ._drive import AsyncDriver
 from ._handle import AsyncHandle
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -19,10 +22,11 @@ from .backends import AsyncBackend, Backend, open_async_backend
 from .config import OPTION_NAMES, build_settings, unknown_option_error
 from .cookies import format_delete_cookie, format_set_cookie
 from .core import CookieAction, SessionCore
-from .errors import BackendUnavailable, ConfigError, SessionUnavailable
+from .errors import BackendUnavailable, ConfigError, SessionError, SessionUnavailable
 from .readonly import STATIC, find_starlette_endpoint, is_read_only
+from .session import Session
 
-__all__ = ["SessionMiddleware", "default_backend_url", "unavailable_body"]
+__all__ = ["SessionMiddleware", "default_backend_url", "load_session", "unavailable_body"]
 
 logger = logging.getLogger("sessionmw")
 
@@ -62,6 +66,24 @@ def check_unsupported(settings: Any) -> None:
             "durable_backend is not supported in this version of sessionmw; leave it None",
             option="durable_backend",
         )
+
+
+async def load_session(request: HTTPConnection) -> Session:
+    """Return the request's session, loading it now on a route in ``lazy_paths``.
+
+    Also a FastAPI dependency: ``session: Session = Depends(load_session)``. It takes the lock unless
+    the route is read-only. Elsewhere the session is loaded already and is returned as it is. Raises
+    :class:`~sessionmw.SessionUnavailable` when it cannot be had (the middleware answers 503).
+    """
+    session = request.scope.get("session")
+    if not isinstance(session, Session):
+        raise SessionError("load_session() needs sessionmw's SessionMiddleware in front of the app")
+    hooks = session._hooks
+    if isinstance(hooks, AsyncHandle):
+        await hooks.aload(session)
+    if session._error is not None:
+        raise session._error
+    return session
 
 
 _KEYWORDS = (*OPTION_NAMES, "app", "error_response")
@@ -114,6 +136,7 @@ class SessionMiddleware:
         touch_interval: float = 60.0,
         max_sessions_per_user: int | None = None,
         exclude_paths: Sequence[str] = (),
+        lazy_paths: Sequence[str] = (),
         serializer: Any = "json",
         durable_backend: Any = None,
         durable_write_every: int = 1,
@@ -143,6 +166,7 @@ class SessionMiddleware:
             touch_interval=touch_interval,
             max_sessions_per_user=max_sessions_per_user,
             exclude_paths=exclude_paths,
+            lazy_paths=lazy_paths,
             serializer=serializer,
             durable_backend=durable_backend,
             durable_write_every=durable_write_every,
@@ -154,10 +178,10 @@ class SessionMiddleware:
         )
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.error_response: ErrorResponse = error_response or unavailable_body
-        self._routes: dict[tuple[str, str, str], tuple[bool, bool]] = {}
+        self._routes: dict[tuple[str, str, str], tuple[bool, bool, bool]] = {}
 
-    def _route_info(self, scope: Scope) -> tuple[bool, bool]:
-        """Return ``(read_only, excluded)`` for the request, from its route and the path patterns."""
+    def _route_info(self, scope: Scope) -> tuple[bool, bool, bool]:
+        """Return ``(read_only, excluded, lazy)`` for the request, from its route and the path patterns."""
         key = (scope["type"], scope.get("method", ""), scope["path"])
         info = self._routes.get(key)
         if info is None:
@@ -172,7 +196,8 @@ class SessionMiddleware:
                     excluded = True
                 elif endpoint is not None and is_read_only(endpoint):
                     read_only = True
-            info = (read_only, excluded)
+            lazy = self.core.path_matches(path, settings.lazy_paths)
+            info = (read_only, excluded, lazy)
             if len(self._routes) < ROUTE_CACHE_SIZE:
                 self._routes[key] = info
         return info
@@ -187,7 +212,7 @@ class SessionMiddleware:
             return
         core = self.core
         settings = self.settings
-        read_only, excluded = self._route_info(scope)
+        read_only, excluded, lazy = self._route_info(scope)
         if excluded:
             session = core.new_session(read_only=True)
             session._frozen_reason = "this path is in exclude_paths (or static files): it has no session"
@@ -206,7 +231,9 @@ class SessionMiddleware:
         handle = AsyncHandle(core, self.driver, scope)
         session._hooks = handle
         found = core.sid_from_cookie(cookie, settings.max_age)
-        if found is not None:
+        if found is not None and lazy and kind == "http":
+            handle.defer(session, found, lock=not enforced)  # loaded by `await load_session(request)`
+        elif found is not None:
             try:
                 await handle.open(session, found, lock=not enforced)
             except SessionUnavailable as exc:

@@ -49,6 +49,7 @@ class Settings:
     touch_interval: float = 60.0
     max_sessions_per_user: int | None = None
     exclude_paths: tuple[str, ...] = ()
+    lazy_paths: tuple[str, ...] = ()
     serializer: Any = "json"
     durable_backend: Any = None
     durable_write_every: int = 1
@@ -181,6 +182,7 @@ def build_settings(**options: Any) -> Settings:
         )
     options["read_only_paths"] = _as_patterns("read_only_paths", options.get("read_only_paths"))
     options["exclude_paths"] = _as_patterns("exclude_paths", options.get("exclude_paths"))
+    options["lazy_paths"] = _as_patterns("lazy_paths", options.get("lazy_paths"))
     try:
         return Settings(secret_key=keys, **options)
     except TypeError as exc:  # pragma: no cover - names are checked above

@@ -116,6 +116,11 @@ class Session(dict[str, Any]):
         self._lazy = True
         dict.__setitem__(self, _NOT_LOADED, None)  # type: ignore[misc]
 
+    def _unlazy(self) -> None:
+        """Take back :meth:`_make_lazy` without loading (the caller loads)."""
+        self._lazy = False
+        dict.pop(self, _NOT_LOADED, None)  # type: ignore[misc]
+
     def _poison(self, error: BaseException) -> None:
         """Make every use of the session raise ``error``; a route that never uses it still runs."""
         self._error = error
@@ -125,8 +130,7 @@ class Session(dict[str, Any]):
         if self._lazy:
             if self._error is not None:
                 raise self._error
-            self._lazy = False
-            dict.pop(self, _NOT_LOADED, None)  # type: ignore[misc]
+            self._unlazy()
             if self._pending is not None:
                 raw, self._pending = self._pending, None
                 assert self._decode is not None
