@@ -1186,3 +1186,28 @@ def test_a_loops_old_closing_watch_leaves_a_newer_client_alone(redis_url: str, k
         await ab.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        pytest.param((("GET", b"p{abc}"),), id="one"),
+        pytest.param((("SET", b"k:lock", b"tok", b"NX", b"PX", 7200000), ("GET", b"k")), id="pipelined"),
+        pytest.param((("SET", "clé ünïcode", "", "PX", -1), ("PING",)), id="str, empty, negative"),
+        pytest.param((("SET", b"big", b"\r\n" * 5000 + bytes(range(256))),), id="binary, large"),
+    ],
+)
+def test_own_packer_encodes_as_redis_py_does(commands: tuple[tuple[C.Arg, ...], ...]) -> None:
+    conn = redis.Connection()
+    assert C.pack(commands) == b"".join(conn.pack_commands(commands))
+
+
+def test_own_packer_round_trips_through_a_real_server(redis_url: str) -> None:
+    value = "ünïcode \r\n" * 3 + "x" * 10000
+    conn = redis.Redis.from_url(redis_url).connection_pool.make_connection()
+    try:
+        conn.send_packed_command([C.pack((("SET", "packer-test", value, "PX", 60000), ("GET", "packer-test")))])
+        assert conn.read_response() == b"OK"
+        assert conn.read_response() == value.encode()
+    finally:
+        conn.disconnect()

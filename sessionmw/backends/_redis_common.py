@@ -325,6 +325,21 @@ SHAS: dict[str, str] = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for 
 Arg = str | bytes | int
 
 
+def pack(commands: tuple[tuple[Arg, ...], ...]) -> bytes:
+    """Encode commands in RESP for the backends' own connections: their arguments are bytes, str or int.
+
+    redis-py's packer takes any type, and walking its chain of type checks per argument was the
+    largest single cost of a request on the client (about 9% of its instructions).
+    """
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            a = arg if isinstance(arg, bytes) else arg.encode() if isinstance(arg, str) else b"%d" % arg
+            out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+    return b"".join(out)
+
+
 def ms(seconds: float) -> int:
     """Seconds as whole milliseconds, rounded up, at least 1."""
     return max(1, math.ceil(seconds * 1000))

@@ -77,15 +77,14 @@ class Connections:
         except IndexError:
             conn = self._class(**self._kwargs)
         try:
+            conn.send_packed_command([C.pack(commands)])
             if len(commands) == 1:
-                conn.send_packed_command(conn.pack_command(*commands[0]))
                 try:
                     reply = conn.read_response()
                 except ResponseError:
                     idle.append(conn)  # a whole reply was read: the connection is clean
                     raise
             else:
-                conn.send_packed_command(conn.pack_commands(commands))
                 reply = []
                 for _ in commands:
                     try:

@@ -67,15 +67,14 @@ class Connections:
         conn = idle.pop() if idle else self._class(**self._kwargs)
         try:
             async with _timeout(self._timeout):
+                await conn.send_packed_command([C.pack(commands)])
                 if len(commands) == 1:
-                    await conn.send_packed_command(conn.pack_command(*commands[0]))
                     try:
                         reply = await conn.read_response()
                     except ResponseError:
                         idle.append(conn)  # a whole reply was read: the connection is clean
                         raise
                 else:
-                    await conn.send_packed_command(conn.pack_commands(commands))
                     reply = []
                     for _ in commands:
                         try:
