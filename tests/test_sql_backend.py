@@ -764,13 +764,23 @@ def test_statement_timeouts_reach_the_drivers() -> None:
     assert sqlmod._connect_args("sqlite", "pysqlite", 5.0, 2.5, {})["timeout"] == 2.5
 
 
-def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(mysql_url: str, key_prefix: str) -> None:
-    # MySQL/MariaDB: the driver's socket read timeout. (PostgreSQL's libpq has no read timeout: a
-    # server that is slow answers statement_timeout, and a host that is gone the TCP keepalives and
-    # tcp_user_timeout sessionmw sets; a server process frozen on a live host would not be noticed.)
-    with through_proxy(mysql_url, key_prefix, "socket_timeout=1") as (proxy, b):
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "idle"])
+def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(
+    request: pytest.FixtureRequest, kind: str, idle: bool, key_prefix: str
+) -> None:
+    # The proxy swallows everything while frozen, yet its kernel acknowledges what it receives, as a
+    # frozen server process's would: TCP keepalives and tcp_user_timeout see a healthy peer.
+    # MySQL/MariaDB: the driver's socket read timeout. PostgreSQL's libpq has no read timeout: the
+    # backend's watchdog cuts the socket. A connection idle for a while is pinged first ("idle"):
+    # that ping must not hang either.
+    real = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+    with through_proxy(real, key_prefix, "socket_timeout=1") as (proxy, b):
         sid = new_session_id()
         assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+        if idle:
+            time.sleep(sqlmod.PING_AFTER + 0.2)
         proxy.frozen.set()
         started = time.monotonic()
         with pytest.raises(BackendUnavailable, match="timed out"):
@@ -780,3 +790,50 @@ def test_a_server_that_stops_answering_is_given_up_after_socket_timeout(mysql_ur
         proxy.frozen.clear()
         got = b.load(sid)  # a new connection: the timed-out one was dropped
         assert got is not None and got.data == b'{"v":1}'
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_an_idle_connection_the_server_closed_is_replaced_before_use(
+    request: pytest.FixtureRequest, kind: str, key_prefix: str
+) -> None:
+    # An idle connection may be gone (a server restart, idle_session_timeout / wait_timeout, a firewall):
+    # one idle for longer than PING_AFTER is pinged and replaced, so the call itself succeeds.
+    real = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+    b = sql(open_backend(real, key_prefix=key_prefix))
+    killer = sa.create_engine(real)
+    try:
+        sid = new_session_id()
+        assert b.create(sid, rec(b'{"v":1}'), ttl=60)
+        with b._begin() as conn:
+            pid = conn.exec_driver_sql(
+                "SELECT pg_backend_pid()" if kind == "postgresql" else "SELECT CONNECTION_ID()"
+            ).scalar()
+        with killer.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})" if kind == "postgresql" else f"KILL {pid}")
+        time.sleep(sqlmod.PING_AFTER + 0.2)
+        got = b.load(sid)
+        assert got is not None and got.data == b'{"v":1}'
+    finally:
+        killer.dispose()
+        b.close()
+
+
+def test_watchdog_cuts_only_calls_past_their_deadline() -> None:
+    dog = sqlmod._Watchdog(0.3)
+    late_a, late_b = socket.socketpair()
+    quick_a, quick_b = socket.socketpair()
+    try:
+        late, quick = dog.enter(), dog.enter()
+        dog.set_socket(late, late_a.fileno())
+        dog.set_socket(quick, quick_a.fileno())
+        assert dog.leave(quick) is False
+        late_b.settimeout(10)
+        assert late_b.recv(1) == b"", "the late call's socket was shut down"
+        assert dog.leave(late) is True
+        quick_b.sendall(b"x")
+        assert quick_a.recv(1) == b"x", "the socket of a call that left is untouched"
+        late_a.fileno()  # shut down, not closed: its owner closes it
+    finally:
+        dog.stop()
+        for s in (late_a, late_b, quick_a, quick_b):
+            s.close()

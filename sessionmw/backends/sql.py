@@ -25,7 +25,11 @@ How it works, and why:
 * Locking an id with no row does not create one: it answers ``(True, None)``, and releasing or saving
   that token afterwards matches no row, which is harmless. No placeholder row is ever visible.
 * Times are wall-clock epoch seconds (``time.time()``), comparable across processes and hosts.
-* Every call is one short transaction (``engine.begin()``); nothing is held open between calls.
+* Every call is one short transaction; nothing is held open between calls. A pooled connection idle
+  for more than :data:`PING_AFTER` is pinged first (and replaced when the server dropped it); one in
+  steady use is not, so a call costs no extra round trip (SQLAlchemy's ``pool_pre_ping`` pings always).
+* libpq has no read timeout: for PostgreSQL a watchdog thread cuts the socket of a call still waiting
+  past ``socket_timeout`` and a margin, so a server process that stopped answering cannot hang a worker.
 * ``ttl_until`` is the TTL safety net: a row past it loads as missing and may be re-created.
 * Administration (:class:`~sessionmw.backends.base.AdminBackend`): ``user_sessions`` reads the indexed
   ``user_id`` column, ``gc`` is one ``DELETE`` over the indexed ``expires`` and ``ttl_until`` columns,
@@ -38,7 +42,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -92,6 +98,9 @@ DRIVER_OPTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 DRIVER_OPTIONS["mariadb"] = DRIVER_OPTIONS["mysql"]  # the same drivers (PyMySQL, mysqlclient) take both
+
+#: Drivers with no client-side read timeout, whose calls the backend's watchdog bounds.
+_NO_READ_TIMEOUT = ("psycopg", "psycopg2")
 
 # The driver to use when the URL names only the dialect: the one our extras install.
 _DEFAULT_DRIVER = {
@@ -160,6 +169,115 @@ def make_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
     )
 
 
+#: A pooled connection idle for longer than this is pinged before use (one used more recently is not:
+#: SQLAlchemy's pool_pre_ping would cost every call a round trip).
+PING_AFTER = 1.0
+
+_USED = "sessionmw_used"
+
+
+class _Watch:
+    """One call's entry with the :class:`_Watchdog`: its deadline and its connection's socket."""
+
+    __slots__ = ("deadline", "fd", "fired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fd: int | None = None
+        self.fired = False
+
+
+class _Watchdog:
+    """Cuts the socket of a call that outlives its deadline, for drivers with no read timeout of their own.
+
+    libpq (PostgreSQL) has none: a server that is slow answers ``statement_timeout``, a host that is gone
+    the TCP keepalives, but a server process that stopped answering on a live host (frozen, stuck in
+    I/O, behind a frozen proxy) keeps the worker waiting for ever. Here one daemon thread per backend
+    wakes a few times per ``limit`` and shuts down the socket of any call past it; the driver then
+    fails at once, and the call raises :class:`BackendUnavailable`. The cut happens under the same
+    lock a finishing call takes to leave, so a connection is never cut after its call has left.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._tick = min(1.0, max(0.05, limit / 4))
+        self._mutex = threading.Lock()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def enter(self) -> _Watch:
+        """Watch a call that starts now."""
+        watch = _Watch(time.monotonic() + self.limit)
+        with self._mutex:
+            self._watches.add(watch)
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="sessionmw-sql-watchdog", daemon=True)
+                self._thread.start()
+        return watch
+
+    def leave(self, watch: _Watch) -> bool:
+        """Stop watching a call; tell whether its socket was cut."""
+        with self._mutex:
+            self._watches.discard(watch)
+        return watch.fired
+
+    def set_socket(self, watch: _Watch, fd: int | None) -> None:
+        """Name the socket the call now uses (after a checkout or a reconnect)."""
+        with self._mutex:
+            watch.fd = fd
+
+    def stop(self) -> None:
+        """End the thread (it starts again if the backend is used again)."""
+        with self._mutex:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2)
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(self._tick):
+            now = time.monotonic()
+            with self._mutex:
+                for watch in self._watches:
+                    if watch.deadline <= now and not watch.fired and watch.fd is not None:
+                        watch.fired = True
+                        _cut(watch.fd)
+
+
+def _cut(fd: int) -> None:
+    """Shut down the socket behind ``fd`` (its owner's next read fails at once), without closing ``fd``."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _dispose(engine: Engine, watchdog: _Watchdog | None) -> None:
+    if watchdog is not None:
+        watchdog.stop()
+    engine.dispose()
+
+
+def _fileno(dbapi_connection: Any) -> int | None:
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except Exception:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
 class SQLBackend:
     """Sessions in one SQL table through SQLAlchemy Core, locked by a conditional ``UPDATE``.
 
@@ -168,6 +286,8 @@ class SQLBackend:
     :param table: the table's name.
     :param key_prefix: prepended to every session id, so two apps can share a table.
     :param password: a password to scrub from error messages.
+    :param call_limit: seconds after which a call still waiting on the server has its socket cut (for
+        drivers without a read timeout); ``None``: never.
     """
 
     def __init__(
@@ -178,6 +298,7 @@ class SQLBackend:
         table: str = DEFAULT_TABLE,
         key_prefix: str = "sessmw:",
         password: str | None = None,
+        call_limit: float | None = None,
     ) -> None:
         if not _TABLE_NAME.match(table):
             raise ConfigError(
@@ -193,8 +314,9 @@ class SQLBackend:
         self.name = name
         self.key_prefix = key_prefix
         self.engine = engine
+        self._watchdog = _Watchdog(call_limit) if call_limit is not None else None
         # A backend dropped without close() still closes its pooled connections (drivers warn otherwise).
-        self._finalizer = weakref.finalize(self, engine.dispose)
+        self._finalizer = weakref.finalize(self, _dispose, engine, self._watchdog)
         self.metadata = sa.MetaData()
         self.table = make_table(self.metadata, table)
         self._password = password
@@ -251,17 +373,53 @@ class SQLBackend:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """One short transaction; connection failures become :class:`BackendUnavailable`."""
+        """One short transaction on a live connection; connection failures become :class:`BackendUnavailable`."""
         self._ensure_tables()
+        watchdog = self._watchdog
+        watch = watchdog.enter() if watchdog is not None else None
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                try:
+                    self._check_alive(conn, watch)
+                    with conn.begin():
+                        yield conn
+                    conn.connection.info[_USED] = time.monotonic()
+                finally:
+                    if watch is not None and watchdog is not None and watchdog.leave(watch):
+                        conn.invalidate()  # its socket was cut, even if the call got through just before
         except sa_exc.IntegrityError:
             raise
-        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
+            if watch is not None and watch.fired and watchdog is not None:
+                raise BackendUnavailable(
+                    f"SQL backend {self.name} timed out: no answer within {watchdog.limit:g} s", backend=self.name
+                ) from exc
             if isinstance(exc, sa_exc.ProgrammingError):
                 self._ready = False  # the table may have been dropped: check it again next time
             raise self._unavailable(exc) from exc
+
+    def _check_alive(self, conn: Connection, watch: _Watch | None) -> None:
+        """Ping a connection that has been idle a while, replacing it if it is dead (a server restart,
+        an idle timeout on the way); the watchdog learns which socket the call uses first."""
+        watchdog = self._watchdog
+        fairy = conn.connection
+        if watch is not None and watchdog is not None:
+            watchdog.set_socket(watch, _fileno(fairy.dbapi_connection))
+        used = fairy.info.get(_USED)
+        if used is not None and time.monotonic() - used <= PING_AFTER:
+            return
+        dialect = self.engine.dialect
+        dbapi_connection = fairy.dbapi_connection
+        assert dbapi_connection is not None
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if (watch is not None and watch.fired) or not dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa_exc.DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error) from exc
+            conn.invalidate(exc)
+            fairy = conn.connection  # a new connection from the pool
+            if watch is not None and watchdog is not None:
+                watchdog.set_socket(watch, _fileno(fairy.dbapi_connection))
 
     def _key(self, sid: str) -> str:
         return self.key_prefix + sid
@@ -446,7 +604,7 @@ class SQLBackend:
 
     def close(self) -> None:
         """Close every pooled connection (the backend reconnects if it is used again)."""
-        self.engine.dispose()
+        _dispose(self.engine, self._watchdog)
 
     # -- administration ------------------------------------------------------------------------
 
@@ -607,7 +765,8 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
         sa_url = sa_url.update_query_dict(forwarded)
 
     dialect, driver = sa_url.get_backend_name(), sa_url.get_driver_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, **{k: v for k, v in pool.items() if v is not None}}
+    # No pool_pre_ping: SQLBackend pings a connection only when it has been idle (PING_AFTER).
+    kwargs: dict[str, Any] = {k: v for k, v in pool.items() if v is not None}
     if dialect == "sqlite":
         if sa_url.database in (None, "", ":memory:") or "mode=memory" in (sa_url.database or ""):
             raise ConfigError(
@@ -630,7 +789,15 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
     if dialect == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas(int(statement_timeout * 1000)))
     try:
-        return SQLBackend(engine, name=url.display, table=table, key_prefix=key_prefix, password=url.password)
+        return SQLBackend(
+            engine,
+            name=url.display,
+            table=table,
+            key_prefix=key_prefix,
+            password=url.password,
+            # libpq has no read timeout: past statement_timeout and a margin, the watchdog cuts the socket.
+            call_limit=statement_timeout + max(1.0, statement_timeout / 2) if driver in _NO_READ_TIMEOUT else None,
+        )
     except ConfigError:
         engine.dispose()
         raise
