@@ -709,7 +709,11 @@ def test_backend_recovers_when_the_database_comes_back(
         assert b.create(sid, rec(b'{"v":1}'), ttl=60)
         proxy.stop()
         with pytest.raises(BackendUnavailable):
-            b.load(sid)
+            b.load(sid)  # on the pooled connection, cut
+        with pytest.raises(BackendUnavailable):
+            b.load(sid)  # no connection to be had
+        watchdog = b._watchdog
+        assert watchdog is None or not watchdog._watches, "calls that failed are not watched on"
         proxy.start()
         got = b.load(sid)
         assert got is not None and got.data == b'{"v":1}'

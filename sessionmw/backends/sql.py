@@ -211,7 +211,7 @@ class _Watchdog:
         watch = _Watch(time.monotonic() + self.limit)
         with self._mutex:
             self._watches.add(watch)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first use, or in a forked child
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="sessionmw-sql-watchdog", daemon=True)
                 self._thread.start()
@@ -397,6 +397,9 @@ class SQLBackend:
             if isinstance(exc, sa_exc.ProgrammingError):
                 self._ready = False  # the table may have been dropped: check it again next time
             raise self._unavailable(exc) from exc
+        finally:
+            if watch is not None and watchdog is not None:
+                watchdog.leave(watch)  # also when no connection could be had
 
     def _check_alive(self, conn: Connection, watch: _Watch | None) -> None:
         """Ping a connection that has been idle a while, replacing it if it is dead (a server restart,
