@@ -68,6 +68,14 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
     r.close()
 
 
+@pytest.fixture
+def set_policy(raw: redis.Redis) -> Iterator[Callable[[str], Any]]:
+    """Set the test server's maxmemory-policy; the policy it had comes back after the test."""
+    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    yield lambda policy: raw.config_set("maxmemory-policy", policy)
+    raw.config_set("maxmemory-policy", old)
+
+
 # -- URLs and options (no server) -----------------------------------------------------------------
 
 
@@ -756,10 +764,14 @@ def test_idle_connections_after_a_restart_do_not_fail_requests(
 @pytest.mark.parametrize(("policy", "warns"), [("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)])
 @redis_service
 def test_maxmemory_policy_warning(
-    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture, policy: str, warns: bool
+    redis_url: str,
+    set_policy: Callable[[str], Any],
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warns: bool,
 ) -> None:
-    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
-    raw.config_set("maxmemory-policy", policy)
+    set_policy(policy)
     caplog.set_level(logging.WARNING, logger="sessionmw")
     b = sync_backend(redis_url, key_prefix)
     try:
@@ -773,16 +785,14 @@ def test_maxmemory_policy_warning(
         else:
             assert warnings == []
     finally:
-        raw.config_set("maxmemory-policy", old)
         b.close()
 
 
 @redis_service
 def test_async_maxmemory_policy_warning(
-    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, set_policy: Callable[[str], Any], key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
-    raw.config_set("maxmemory-policy", "volatile-lru")
+    set_policy("volatile-lru")
     caplog.set_level(logging.WARNING, logger="sessionmw")
 
     async def scenario() -> None:
@@ -793,10 +803,7 @@ def test_async_maxmemory_policy_warning(
         finally:
             await ab.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        raw.config_set("maxmemory-policy", old)
+    asyncio.run(scenario())
     assert len([r for r in caplog.records if "volatile-lru" in r.getMessage()]) == 1
 
 
@@ -1039,21 +1046,17 @@ def test_admin_skips_another_prefixs_index_keys(redis_url: str, key_prefix: str)
 
 
 @redis_service
-def test_stats_reports_the_servers_figures(redis_url: str, raw: redis.Redis, key_prefix: str) -> None:
-    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
-    try:
-        with SessionStore(redis_url, key_prefix=key_prefix) as store:
-            store.backend.create(new_session_id(), rec(user_id="lee"), 60)
-            raw.config_set("maxmemory-policy", "noeviction")
-            figures = store.stats()
-            assert figures["sessions"] == 1 and figures["users"] == 1
-            assert figures["used_memory"] > 0 and figures["maxmemory_policy_evicts"] == 0.0
-            assert figures["evicted_keys"] >= 0 and figures["expired_keys"] >= 0
-            raw.config_set("maxmemory-policy", "volatile-lru")
-            assert store.stats()["maxmemory_policy_evicts"] == 1.0
-            store.terminate_all()
-    finally:
-        raw.config_set("maxmemory-policy", old)
+def test_stats_reports_the_servers_figures(redis_url: str, set_policy: Callable[[str], Any], key_prefix: str) -> None:
+    with SessionStore(redis_url, key_prefix=key_prefix) as store:
+        store.backend.create(new_session_id(), rec(user_id="lee"), 60)
+        set_policy("noeviction")
+        figures = store.stats()
+        assert figures["sessions"] == 1 and figures["users"] == 1
+        assert figures["used_memory"] > 0 and figures["maxmemory_policy_evicts"] == 0.0
+        assert figures["evicted_keys"] >= 0 and figures["expired_keys"] >= 0
+        set_policy("volatile-lru")
+        assert store.stats()["maxmemory_policy_evicts"] == 1.0
+        store.terminate_all()
 
 
 def test_admin_of_a_server_that_is_down_is_one_line() -> None:
@@ -1125,21 +1128,17 @@ def test_one_async_backend_on_several_event_loops_in_turn(redis_url: str, key_pr
 
 @redis_service
 def test_asgi_startup_names_a_redis_that_may_evict_sessions(
-    redis_url: str, raw: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, set_policy: Callable[[str], Any], key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from starlette.testclient import TestClient
 
     from .apps import make_starlette_app
 
-    old: Any = raw.config_get("maxmemory-policy")["maxmemory-policy"]
-    raw.config_set("maxmemory-policy", "allkeys-lru")
+    set_policy("allkeys-lru")
     caplog.set_level(logging.WARNING, logger="sessionmw")
-    try:
-        with TestClient(make_starlette_app(secret_key="k", backend=redis_url, key_prefix=key_prefix)):
-            named = [r for r in caplog.records if r.name == "sessionmw" and "allkeys-lru" in r.getMessage()]
-            assert len(named) == 1, "named at start-up, before any request"
-    finally:
-        raw.config_set("maxmemory-policy", old)
+    with TestClient(make_starlette_app(secret_key="k", backend=redis_url, key_prefix=key_prefix)):
+        named = [r for r in caplog.records if r.name == "sessionmw" and "allkeys-lru" in r.getMessage()]
+        assert len(named) == 1, "named at start-up, before any request"
 
 
 def test_asgi_starts_while_redis_is_down_and_says_so(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
