@@ -43,7 +43,7 @@ from sessionmw.backends import Backend, open_backend
 from sessionmw.backends.base import Record
 from sessionmw.backends.file import FileBackend
 from sessionmw.backends.sql import SQLBackend
-from sessionmw.cookies import new_session_id
+from sessionmw.core.cookies import new_session_id
 
 PREFIX = "bench:"
 SAMPLE = 200

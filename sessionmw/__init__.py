@@ -7,25 +7,25 @@ routes skip the lock and the write.
 
 from __future__ import annotations
 
+from .admin.store import SessionStore as SessionStore
 from .asgi import SessionMiddleware as SessionMiddleware
 from .asgi import load_session as load_session
 from .backends import AsyncBackend as AsyncBackend
 from .backends import Backend as Backend
 from .backends import Record as Record
 from .backends import SessionInfo as SessionInfo
-from .config import options_from_config as options_from_config
-from .errors import BackendUnavailable as BackendUnavailable
-from .errors import ConfigError as ConfigError
-from .errors import ReadOnlySessionError as ReadOnlySessionError
-from .errors import RecordTooLarge as RecordTooLarge
-from .errors import SerializationError as SerializationError
-from .errors import SessionError as SessionError
-from .errors import SessionLockTimeout as SessionLockTimeout
-from .errors import SessionUnavailable as SessionUnavailable
-from .errors import TooManyWaiters as TooManyWaiters
-from .readonly import read_only as read_only
-from .session import Session as Session
-from .store import SessionStore as SessionStore
+from .core.config import options_from_config as options_from_config
+from .core.errors import BackendUnavailable as BackendUnavailable
+from .core.errors import ConfigError as ConfigError
+from .core.errors import ReadOnlySessionError as ReadOnlySessionError
+from .core.errors import RecordTooLarge as RecordTooLarge
+from .core.errors import SerializationError as SerializationError
+from .core.errors import SessionError as SessionError
+from .core.errors import SessionLockTimeout as SessionLockTimeout
+from .core.errors import SessionUnavailable as SessionUnavailable
+from .core.errors import TooManyWaiters as TooManyWaiters
+from .core.readonly import read_only as read_only
+from .core.session import Session as Session
 from .wsgi import WSGISessionMiddleware as WSGISessionMiddleware
 
 __version__ = "0.1.0"

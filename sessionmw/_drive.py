@@ -1,6 +1,6 @@
 """The two drivers that perform the core's operations: one sync, one async.
 
-They differ only in ``await`` and in how they sleep; the policy is in :mod:`sessionmw.core`. Besides
+They differ only in ``await`` and in how they sleep; the policy is in :mod:`sessionmw.core.policy`. Besides
 running operations, a driver keeps the per-process parts of locking:
 
 * the queue of waiters per session (``max_waiters``),
@@ -21,7 +21,7 @@ from collections.abc import Generator
 from typing import Any, TypeVar
 
 from .backends.base import AsyncBackend, Backend
-from .core import Call, Queue, Sleep
+from .core.policy import Call, Queue, Sleep
 
 __all__ = ["AsyncDriver", "SyncDriver"]
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ._drive import AsyncDriver, SyncDriver
-from .core import CookieAction, RequestInfo, SessionCore
-from .errors import ReadOnlySessionError, SessionError
-from .session import Session, SessionHooks
+from .core.errors import ReadOnlySessionError, SessionError
+from .core.policy import CookieAction, RequestInfo, SessionCore
+from .core.session import Session, SessionHooks
 
 __all__ = ["AsyncHandle", "SyncHandle"]
 

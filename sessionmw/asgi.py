@@ -19,12 +19,12 @@ from ._drive import AsyncDriver
 from ._handle import AsyncHandle
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import AsyncBackend, Backend, open_async_backend
-from .config import OPTION_NAMES, build_settings, unknown_option_error
-from .cookies import format_delete_cookie, format_set_cookie
-from .core import CookieAction, SessionCore
-from .errors import BackendUnavailable, ConfigError, SessionError, SessionUnavailable
-from .readonly import STATIC, find_starlette_endpoint, is_read_only
-from .session import Session
+from .core.config import OPTION_NAMES, build_settings, unknown_option_error
+from .core.cookies import format_delete_cookie, format_set_cookie
+from .core.errors import BackendUnavailable, ConfigError, SessionError, SessionUnavailable
+from .core.policy import CookieAction, SessionCore
+from .core.readonly import STATIC, find_starlette_endpoint, is_read_only
+from .core.session import Session
 
 __all__ = ["SessionMiddleware", "default_backend_url", "load_session", "unavailable_body"]
 

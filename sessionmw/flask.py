@@ -20,12 +20,12 @@ from ._drive import SyncDriver
 from ._handle import SyncHandle
 from .asgi import check_unsupported, default_backend_url
 from .backends import Backend, open_backend
-from .config import OPTION_NAMES, build_settings, closest_option, options_from_config
-from .cookies import check_cookie_name
-from .core import RequestInfo, SessionCore
-from .errors import ConfigError, SessionUnavailable
-from .readonly import is_read_only
-from .session import Session
+from .core.config import OPTION_NAMES, build_settings, closest_option, options_from_config
+from .core.cookies import check_cookie_name
+from .core.errors import ConfigError, SessionUnavailable
+from .core.policy import RequestInfo, SessionCore
+from .core.readonly import is_read_only
+from .core.session import Session
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse

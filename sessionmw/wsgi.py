@@ -15,10 +15,10 @@ from ._handle import SyncHandle
 from ._types import ExcInfo, StartResponse, WSGIApp, WSGIEnviron
 from .asgi import ErrorResponse, check_unsupported, default_backend_url, unavailable_body
 from .backends import Backend, open_backend
-from .config import build_settings
-from .cookies import format_delete_cookie, format_set_cookie
-from .core import CookieAction, RequestInfo, SessionCore
-from .errors import SessionUnavailable
+from .core.config import build_settings
+from .core.cookies import format_delete_cookie, format_set_cookie
+from .core.errors import SessionUnavailable
+from .core.policy import CookieAction, RequestInfo, SessionCore
 
 __all__ = ["ENVIRON_KEY", "WSGISessionMiddleware"]
 

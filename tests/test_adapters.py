@@ -156,7 +156,7 @@ def test_asgi_exclude_paths_and_static_files_never_load(tmp_path: Path) -> None:
         sid_cookie = c.cookies["session"]
         # hold the lock from outside: excluded and static paths must still answer at once
         mw = _find_middleware(app, c)
-        from sessionmw.cookies import IdSigner
+        from sessionmw.core.cookies import IdSigner
 
         sid = IdSigner(["k"]).unsign(sid_cookie, None)
         assert sid is not None
@@ -432,7 +432,7 @@ class CountingBackend(MemoryBackend):
 
 
 def test_unsigned_or_missing_cookies_cost_no_backend_call() -> None:
-    from sessionmw.cookies import IdSigner
+    from sessionmw.core.cookies import IdSigner
 
     backend = CountingBackend(uuid.uuid4().hex)
     app = starlette([Route("/inc", inc), Route("/none", _none)], backend=backend)

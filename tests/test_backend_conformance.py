@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from sessionmw.backends import AsyncBackend, Backend, Record, Touch, open_async_backend, open_backend
-from sessionmw.cookies import new_session_id
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.locking import new_lock_token
 
 from .conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from sessionmw import SessionStore
-from sessionmw.cli import main
+from sessionmw.admin.cli import main
 
 from .test_admin import login
 from .test_conformance import client_for
@@ -102,7 +102,9 @@ def test_gc_init_db_and_migrate(site: tuple[str, str, dict[str, str]], tmp_path:
     ],
 )
 def test_errors_are_one_line_without_traceback(args: list[str], words: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "sessionmw.cli", *args], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessionmw.admin.cli", *args], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -113,9 +115,15 @@ def test_real_subprocess_with_backend_from_the_environment(site: tuple[str, str,
     url, prefix, sids = site
     env = {**os.environ, "SESSIONMW_BACKEND": url, "SESSIONMW_KEY_PREFIX": prefix}
     proc = subprocess.run(
-        [sys.executable, "-m", "sessionmw.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "sessionmw.admin.cli", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert {s["sid"] for s in json.loads(proc.stdout)} == set(sids.values())
-    proc = subprocess.run([sys.executable, "-m", "sessionmw.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessionmw.admin.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "migrate" in proc.stdout

@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 
 from sessionmw import SessionMiddleware
 from sessionmw.backends import open_backend
-from sessionmw.cookies import IdSigner
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import IdSigner
+from sessionmw.core.locking import new_lock_token
 
 from .apps import STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
 

@@ -13,13 +13,13 @@ import pytest
 
 from sessionmw.backends.base import Record
 from sessionmw.backends.memory import MemoryBackend
-from sessionmw.config import build_settings
-from sessionmw.cookies import find_cookie, new_session_id
-from sessionmw.core import Call, CookieAction, Queue, RequestInfo, SessionCore, Sleep
-from sessionmw.errors import ConfigError, SerializationError, SessionLockTimeout, TooManyWaiters
-from sessionmw.locking import delay_series, wait_delays
-from sessionmw.serializers import JSONSerializer, TaggedJSONSerializer
-from sessionmw.session import Session
+from sessionmw.core.config import build_settings
+from sessionmw.core.cookies import find_cookie, new_session_id
+from sessionmw.core.errors import ConfigError, SerializationError, SessionLockTimeout, TooManyWaiters
+from sessionmw.core.locking import delay_series, wait_delays
+from sessionmw.core.policy import Call, CookieAction, Queue, RequestInfo, SessionCore, Sleep
+from sessionmw.core.serializers import JSONSerializer, TaggedJSONSerializer
+from sessionmw.core.session import Session
 
 NOW = 1_800_000_000.0
 

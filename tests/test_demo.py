@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sessionmw import ConfigError, SessionStore
-from sessionmw.cookies import IdSigner
+from sessionmw.core.cookies import IdSigner
 from sessionmw.demo import COOKIE_PREFIX, KEY_PREFIX, build_app, default_demo_backend, demo_secret_key
 from sessionmw.demo.pages import SID_PREFIX, slow_seconds
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sessionmw.backends.base import Record
 from sessionmw.backends.file import FileBackend
-from sessionmw.cookies import new_session_id
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.locking import new_lock_token
 
 HOLDER = """
 import sys, time

@@ -166,7 +166,7 @@ def test_backend_down_is_a_503_only_when_the_session_is_loaded() -> None:
 
 
 def _signed(sid: str) -> str:
-    from sessionmw.cookies import IdSigner
+    from sessionmw.core.cookies import IdSigner
 
     return IdSigner([SECRET]).sign(sid)
 

@@ -25,9 +25,9 @@ from sessionmw.backends.memcached import (
     _DumpRefused,
     exptime,
 )
-from sessionmw.cookies import new_session_id
-from sessionmw.errors import BackendUnavailable, ConfigError, RecordTooLarge
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.errors import BackendUnavailable, ConfigError, RecordTooLarge
+from sessionmw.core.locking import new_lock_token
 from tests.conftest import ServerProcess, free_port, missing, private_memcached
 
 pytestmark = pytest.mark.service("memcached")

@@ -63,6 +63,6 @@ def test_lock_timeout_and_outage_bodies_are_one_readable_line(redis_url: str, ke
 
 
 def _signed() -> Any:
-    from sessionmw.cookies import IdSigner, new_session_id
+    from sessionmw.core.cookies import IdSigner, new_session_id
 
     return IdSigner(["test-secret"]).sign(new_session_id())

@@ -33,9 +33,9 @@ from sessionmw.backends import _redis_common as C
 from sessionmw.backends.base import encode_record
 from sessionmw.backends.redis import RedisBackend
 from sessionmw.backends.redis_async import AsyncRedisBackend
-from sessionmw.cookies import new_session_id
-from sessionmw.errors import BackendUnavailable, ConfigError
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.errors import BackendUnavailable, ConfigError
+from sessionmw.core.locking import new_lock_token
 
 from .conftest import ServerProcess, free_port
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from sessionmw.backends import Record, open_async_backend, open_backend
-from sessionmw.cookies import new_session_id
-from sessionmw.errors import BackendUnavailable
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.errors import BackendUnavailable
+from sessionmw.core.locking import new_lock_token
 
 from .conftest import ServerProcess, free_port, missing, wait_port
 from .test_conformance import ADAPTERS, client_for

@@ -24,9 +24,9 @@ from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
 from sessionmw.backends import sql as sqlmod
 from sessionmw.backends.sql import SQLBackend
-from sessionmw.cookies import new_session_id
-from sessionmw.errors import BackendUnavailable, ConfigError
-from sessionmw.locking import new_lock_token
+from sessionmw.core.cookies import new_session_id
+from sessionmw.core.errors import BackendUnavailable, ConfigError
+from sessionmw.core.locking import new_lock_token
 
 DBS = [
     pytest.param("sqlite", id="sqlite"),

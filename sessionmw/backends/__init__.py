@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ._url import BackendURL, parse_backend_url
 from .base import AsyncBackend, Backend, Record, SessionInfo, Touch
 from .threaded import ThreadedAsyncBackend

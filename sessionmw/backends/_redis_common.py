@@ -48,7 +48,7 @@ from redis.exceptions import AuthenticationError, RedisClusterException, RedisEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import BackendUnavailable, ConfigError
+from ..core.errors import BackendUnavailable, ConfigError
 from ._url import BackendURL, boolean, positive_float, positive_int
 from .base import Record, Touch, decode_record
 

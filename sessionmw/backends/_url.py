@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 __all__ = ["BackendURL", "parse_backend_url"]
 

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
-from ..errors import BackendUnavailable, ConfigError
+from ..core.errors import BackendUnavailable, ConfigError
 from ._url import BackendURL
 from .base import Record, Touch, decode_record, encode_record
 

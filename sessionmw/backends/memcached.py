@@ -71,7 +71,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from ..errors import BackendUnavailable, ConfigError, RecordTooLarge
+from ..core.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from ._url import BackendURL, positive_float, positive_int
 from .base import Record, Touch, decode_record, encode_record
 

@@ -58,7 +58,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine, RowMapping
 
-from ..errors import BackendUnavailable, ConfigError
+from ..core.errors import BackendUnavailable, ConfigError
 from ._url import BackendURL, positive_float, positive_int
 from .base import Record, Touch, decode_record, encode_record
 

@@ -16,10 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..admin.store import SessionStore
 from ..asgi import SessionMiddleware
-from ..readonly import read_only
-from ..session import Session
-from ..store import SessionStore
+from ..core.readonly import read_only
+from ..core.session import Session
 from . import COOKIE_PREFIX, IDLE_TIMEOUT, KEY_PREFIX, LOCK_TIMEOUT, pages
 
 __all__ = ["build_fastapi_app"]

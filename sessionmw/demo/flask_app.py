@@ -12,10 +12,10 @@ import time
 from flask import Flask, Response, redirect, request
 from flask import session as flask_session
 
+from ..admin.store import SessionStore
+from ..core.readonly import read_only
+from ..core.session import Session
 from ..flask import FlaskSession
-from ..readonly import read_only
-from ..session import Session
-from ..store import SessionStore
 from . import COOKIE_PREFIX, IDLE_TIMEOUT, KEY_PREFIX, LOCK_TIMEOUT, pages
 
 __all__ = ["build_flask_app"]

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..admin.store import SessionStore
 from ..backends import SessionInfo
-from ..session import Session
-from ..store import SessionStore
+from ..core.session import Session
 
 __all__ = [
     "SID_PREFIX",

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Generator
 from typing import Any, Literal, NamedTuple, Protocol
 
-from .backends.base import Record, Touch
+from ..backends.base import Record, Touch
 from .config import Settings
 from .cookies import IdSigner, find_cookie, new_session_id
 from .errors import SessionLockTimeout, TooManyWaiters

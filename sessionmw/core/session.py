@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ReadOnlySessionError
 
 if TYPE_CHECKING:
-    from .backends.base import Record
+    from ..backends.base import Record
 
 __all__ = ["Session"]
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .backends import Backend, SessionInfo, open_backend
-from .backends.base import AdminBackend, Record
-from .errors import ConfigError
+from ..backends import Backend, SessionInfo, open_backend
+from ..backends.base import AdminBackend, Record
+from ..core.errors import ConfigError
 
 __all__ = ["SessionStore"]
 

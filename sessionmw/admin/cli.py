@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import SessionError
+from ..core.errors import SessionError
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ def _fail(message: str) -> Any:
 
 
 def _display(url: str) -> str:
-    from .backends._url import parse_backend_url
+    from ..backends._url import parse_backend_url
 
     try:
         return parse_backend_url(url).display
@@ -197,7 +197,7 @@ def stats(backend: str, key_prefix: str, as_json: bool) -> None:
 @click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
 def init_db(backend: str, key_prefix: str) -> None:
     """Create the sessions table of an SQL backend (it is also created on first use)."""
-    from .backends import open_backend
+    from ..backends import open_backend
 
     try:
         store: Any = open_backend(backend, key_prefix=key_prefix)
@@ -217,7 +217,7 @@ def init_db(backend: str, key_prefix: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def migrate(source: str, target: str, key_prefix: str, as_json: bool) -> None:
     """Copy every live session to another backend, keeping ids: nobody is logged out."""
-    from .backends import open_backend
+    from ..backends import open_backend
 
     with _store(source, key_prefix) as store:
         try:
@@ -249,7 +249,7 @@ def migrate(source: str, target: str, key_prefix: str, as_json: bool) -> None:
 )
 def demo(backend: str | None, host: str, port: int, framework: str) -> None:
     """Serve the bundled demo app."""
-    from .demo import build_app, default_demo_backend
+    from ..demo import build_app, default_demo_backend
 
     url = backend or default_demo_backend()
     try:
