@@ -24,6 +24,10 @@ from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
 from sessionmw.backends import sql as sqlmod
 from sessionmw.backends.sql import SQLBackend
+from sessionmw.backends.sql import backend as sql_backend
+from sessionmw.backends.sql import config as sql_config
+from sessionmw.backends.sql import table as sql_table
+from sessionmw.backends.sql import watchdog as sql_watchdog
 from sessionmw.core.cookies import new_session_id
 from sessionmw.core.errors import BackendUnavailable, ConfigError
 from sessionmw.core.locking import new_lock_token
@@ -417,7 +421,7 @@ def test_stats_counts_rows_and_what_gc_would_remove(url: str, key_prefix: str) -
 
 
 def test_iter_records_pages_through_the_prefix_only(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlmod, "_PAGE", 3)
+    monkeypatch.setattr(sql_backend, "_PAGE", 3)
     mine = sql(open_backend(url, key_prefix="pé:"))
     neighbours = [sql(open_backend(url, key_prefix=p)) for p in ("pd:", "pf:", "PÉ:", "p:")]
     try:
@@ -490,11 +494,11 @@ def test_gc_and_user_sessions_use_their_indexes_on_sqlite(tmp_path: Path) -> Non
 
 
 def test_successor_bounds_every_string_with_the_prefix() -> None:
-    assert sqlmod._successor("ab") == "ac"
-    assert sqlmod._successor("a\U0010ffff") == "b"
-    assert sqlmod._successor("\U0010ffff") is None
-    assert sqlmod._successor("a\ud7ff") == "a\ue000"
-    assert sqlmod._successor("") is None
+    assert sql_table._successor("ab") == "ac"
+    assert sql_table._successor("a\U0010ffff") == "b"
+    assert sql_table._successor("\U0010ffff") is None
+    assert sql_table._successor("a\ud7ff") == "a\ue000"
+    assert sql_table._successor("") is None
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -757,15 +761,17 @@ def test_socket_timeout_is_checked(tmp_path: Path) -> None:
 
 
 def test_statement_timeouts_reach_the_drivers() -> None:
-    args = sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {})
+    args = sql_config._connect_args("postgresql", "psycopg", 5.0, 2.5, {})
     assert args["connect_timeout"] == 5 and args["options"] == "-c statement_timeout=2500"
     assert args["keepalives_idle"] == 3 and args["tcp_user_timeout"] == 2500
-    assert "keepalives_idle" not in sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {"keepalives_idle": "60"})
-    assert "options" not in sqlmod._connect_args("postgresql", "psycopg", 5.0, 2.5, {"options": "-c search_path=x"})
-    args = sqlmod._connect_args("mysql", "pymysql", 5.0, 2.5, {"read_timeout": "30"})
+    assert "keepalives_idle" not in sql_config._connect_args(
+        "postgresql", "psycopg", 5.0, 2.5, {"keepalives_idle": "60"}
+    )
+    assert "options" not in sql_config._connect_args("postgresql", "psycopg", 5.0, 2.5, {"options": "-c search_path=x"})
+    args = sql_config._connect_args("mysql", "pymysql", 5.0, 2.5, {"read_timeout": "30"})
     assert args["write_timeout"] == 3 and "read_timeout" not in args, "the URL's own read_timeout wins"
     assert args["init_command"] == "SET SESSION innodb_lock_wait_timeout = 3"
-    assert sqlmod._connect_args("sqlite", "pysqlite", 5.0, 2.5, {})["timeout"] == 2.5
+    assert sql_config._connect_args("sqlite", "pysqlite", 5.0, 2.5, {})["timeout"] == 2.5
 
 
 @pytest.mark.timeout(60)
@@ -823,7 +829,7 @@ def test_an_idle_connection_the_server_closed_is_replaced_before_use(
 
 
 def test_watchdog_cuts_only_calls_past_their_deadline() -> None:
-    dog = sqlmod._Watchdog(0.3)
+    dog = sql_watchdog.Watchdog(0.3)
     late_a, late_b = socket.socketpair()
     quick_a, quick_b = socket.socketpair()
     try:

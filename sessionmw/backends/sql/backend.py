@@ -1,0 +1,342 @@
+"""The SQL backend's connections and primitives: lock, load, save, release, touch, delete; gc and figures.
+
+See the package's notes (:mod:`sessionmw.backends.sql`) for why each is shaped so.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from ...core.errors import BackendUnavailable
+from ..base import Record, Touch
+from .table import DEFAULT_TABLE, Statements, check_names, make_table
+from .watchdog import Watch, Watchdog, fileno
+
+__all__ = ["PING_AFTER", "SQLBackend"]
+
+#: Rows per page of :meth:`SQLBackend.iter_records` (one short transaction each).
+_PAGE = 1000
+
+#: A pooled connection idle for longer than this is pinged before use (one used more recently is not:
+#: SQLAlchemy's pool_pre_ping would cost every call a round trip).
+PING_AFTER = 1.0
+
+_USED = "sessionmw_used"
+
+
+def _dispose(engine: Engine, watchdog: Watchdog | None) -> None:
+    if watchdog is not None:
+        watchdog.stop()
+    engine.dispose()
+
+
+class SQLBackend(Statements):
+    """Sessions in one SQL table through SQLAlchemy Core, locked by a conditional ``UPDATE``.
+
+    :param engine: the engine to use; :meth:`close` disposes it.
+    :param name: the URL for messages, without any password.
+    :param table: the table's name.
+    :param key_prefix: prepended to every session id, so two apps can share a table.
+    :param password: a password to scrub from error messages.
+    :param call_limit: seconds after which a call still waiting on the server has its socket cut (for
+        drivers without a read timeout); ``None``: never.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str,
+        table: str = DEFAULT_TABLE,
+        key_prefix: str = "sessmw:",
+        password: str | None = None,
+        call_limit: float | None = None,
+    ) -> None:
+        check_names(table, key_prefix)
+        self.name = name
+        self.key_prefix = key_prefix
+        self.engine = engine
+        self._watchdog = Watchdog(call_limit) if call_limit is not None else None
+        # A backend dropped without close() still closes its pooled connections (drivers warn otherwise).
+        self._finalizer = weakref.finalize(self, _dispose, engine, self._watchdog)
+        self.metadata = sa.MetaData()
+        self.table = make_table(self.metadata, table)
+        self._password = password
+        self._ready = False
+        self._ready_mutex = threading.Lock()
+        t = self.table
+        self._record_cols = (t.c.data, t.c.last_access, t.c.last_ip, t.c.expires, t.c.ttl_until)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        cause: BaseException = exc
+        if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+            cause = exc.orig
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        if len(text) > 300:
+            text = text[:297] + "..."
+        return BackendUnavailable(f"SQL backend {self.name} is unavailable: {text}", backend=self.name)
+
+    def create_tables(self) -> None:
+        """Create the sessions table and any of its indexes that are missing (idempotent, safe to race)."""
+        try:
+            with self.engine.connect() as conn:
+                self._create_once(conn, lambda c: self.metadata.create_all(c, checkfirst=True))
+                # Each index on its own: a table made by an older version (without the ttl_until index
+                # gc needs), or left half-made by a process that lost a race, gets what it lacks.
+                for index in sorted(self.table.indexes, key=lambda ix: str(ix.name)):
+                    self._create_once(conn, functools.partial(index.create, checkfirst=True))
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        self._ready = True
+
+    @staticmethod
+    def _create_once(conn: Connection, make: Callable[[Connection], None]) -> None:
+        """Run one check-then-create step in its own transaction, checking again if another process won."""
+        for attempt in range(3):
+            try:
+                with conn.begin():
+                    make(conn)
+                return
+            except sa_exc.DBAPIError:
+                # Another process created it between our check and our CREATE: check again.
+                if conn.invalidated or attempt == 2:
+                    raise
+
+    def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        with self._ready_mutex:
+            if not self._ready:
+                self.create_tables()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One short transaction on a live connection; connection failures become :class:`BackendUnavailable`."""
+        self._ensure_tables()
+        watchdog = self._watchdog
+        watch = watchdog.enter() if watchdog is not None else None
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    self._check_alive(conn, watch)
+                    with conn.begin():
+                        yield conn
+                    conn.connection.info[_USED] = time.monotonic()
+                finally:
+                    if watch is not None and watchdog is not None and watchdog.leave(watch):
+                        conn.invalidate()  # its socket was cut, even if the call got through just before
+        except sa_exc.IntegrityError:
+            raise
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
+            if watch is not None and watch.fired and watchdog is not None:
+                raise BackendUnavailable(
+                    f"SQL backend {self.name} timed out: no answer within {watchdog.limit:g} s", backend=self.name
+                ) from exc
+            if isinstance(exc, sa_exc.ProgrammingError):
+                self._ready = False  # the table may have been dropped: check it again next time
+            raise self._unavailable(exc) from exc
+        finally:
+            if watch is not None and watchdog is not None:
+                watchdog.leave(watch)  # also when no connection could be had
+
+    def _check_alive(self, conn: Connection, watch: Watch | None) -> None:
+        """Ping a connection that has been idle a while, replacing it if it is dead (a server restart,
+        an idle timeout on the way); the watchdog learns which socket the call uses first."""
+        watchdog = self._watchdog
+        fairy = conn.connection
+        if watch is not None and watchdog is not None:
+            watchdog.set_socket(watch, fileno(fairy.dbapi_connection))
+        used = fairy.info.get(_USED)
+        if used is not None and time.monotonic() - used <= PING_AFTER:
+            return
+        dialect = self.engine.dialect
+        dbapi_connection = fairy.dbapi_connection
+        assert dbapi_connection is not None
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if (watch is not None and watch.fired) or not dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa_exc.DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error) from exc
+            conn.invalidate(exc)
+            fairy = conn.connection  # a new connection from the pool
+            if watch is not None and watchdog is not None:
+                watchdog.set_socket(watch, fileno(fairy.dbapi_connection))
+
+    # -- primitives ----------------------------------------------------------------------------
+
+    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """Try once to lock ``sid`` (taking over an expired lock); when taken, return its record too."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        stmt = (
+            sa.update(t)
+            .where(t.c.sid == key, sa.or_(t.c.lock_token.is_(None), t.c.lock_until < now))
+            .values(lock_token=token, lock_until=now + expire)
+        )
+        with self._begin() as conn:
+            if self.engine.dialect.update_returning:
+                row = conn.execute(stmt.returning(*self._record_cols)).mappings().first()
+                if row is not None:
+                    return True, self._to_record(row, now)
+            elif conn.execute(stmt).rowcount == 1:
+                row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == key)).mappings().first()
+                return True, None if row is None else self._to_record(row, now)
+            # Not ours: either someone else holds it, or there is no row (nothing to lock, nothing to load).
+            exists = conn.execute(sa.select(t.c.sid).where(t.c.sid == key)).first()
+        return (exists is None), None
+
+    def load(self, sid: str) -> Record | None:
+        """Return the record of ``sid`` without locking, or ``None``."""
+        t = self.table
+        now = time.time()
+        with self._begin() as conn:
+            row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == self._key(sid))).mappings().first()
+        return None if row is None else self._to_record(row, now)
+
+    def create(self, sid: str, record: Record, ttl: float | None) -> bool:
+        """Insert a new session if ``sid`` is unused (a row past its TTL counts as unused)."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        values = self._columns(record, ttl, now)
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.insert(t).values(sid=key, state=0, lock_token=None, lock_until=None, **values))
+            return True
+        except sa_exc.IntegrityError:
+            pass  # rolled back; the connection went back to the pool clean
+        # The id is taken, unless by a row past its TTL: take that one over.
+        dead = sa.or_(t.c.data.is_(None), sa.and_(t.c.ttl_until.is_not(None), t.c.ttl_until <= now))
+        with self._begin() as conn:
+            result = conn.execute(
+                sa.update(t).where(t.c.sid == key, dead).values(state=0, lock_token=None, lock_until=None, **values)
+            )
+            return result.rowcount == 1
+
+    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """Store ``record`` and release the lock in one ``UPDATE``, only if ``token`` still holds it."""
+        t = self.table
+        now = time.time()
+        values = self._columns(record, ttl, now)
+        stmt = sa.update(t).where(self._holds(self._key(sid), token, now))
+        with self._begin() as conn:
+            return conn.execute(stmt.values(lock_token=None, lock_until=None, **values)).rowcount == 1
+
+    def release(self, sid: str, token: str, touch: Touch | None) -> bool:
+        """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
+        t = self.table
+        key = self._key(sid)
+        now = time.time()
+        with self._begin() as conn:
+            if touch is not None:
+                alive = sa.or_(t.c.ttl_until.is_(None), t.c.ttl_until > now)
+                conn.execute(
+                    sa.update(t).where(self._holds(key, token, now), alive).values(**self._touch_columns(touch, now))
+                )
+            stmt = sa.update(t).where(self._holds(key, token, now)).values(lock_token=None, lock_until=None)
+            return conn.execute(stmt).rowcount == 1
+
+    def touch(self, sid: str, touch: Touch) -> None:
+        """Refresh last access of a live session without a lock and without rewriting its data."""
+        t = self.table
+        now = time.time()
+        stmt = sa.update(t).where(t.c.sid == self._key(sid), self._live(now)).values(**self._touch_columns(touch, now))
+        with self._begin() as conn:
+            conn.execute(stmt)
+
+    def extend(self, sid: str, token: str, expire: float) -> bool:
+        """Push the lock's expiry to ``expire`` seconds from now, if ``token`` still holds it."""
+        t = self.table
+        now = time.time()
+        stmt = sa.update(t).where(self._holds(self._key(sid), token, now)).values(lock_until=now + expire)
+        with self._begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def delete(self, sid: str) -> None:
+        """Delete the session's row; a lock held on it goes too, and its holder's save then fails."""
+        t = self.table
+        with self._begin() as conn:
+            conn.execute(sa.delete(t).where(t.c.sid == self._key(sid)))
+
+    def close(self) -> None:
+        """Close every pooled connection (the backend reconnects if it is used again)."""
+        _dispose(self.engine, self._watchdog)
+
+    # -- administration ------------------------------------------------------------------------
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under this key prefix, a page per transaction.
+
+        Keyset pagination over the primary key (``sid > last ORDER BY sid LIMIT n``): each page costs the
+        same however far the scan has gone, and no transaction stays open while the caller works.
+        """
+        t = self.table
+        n = len(self.key_prefix)
+        last: str | None = None
+        while True:
+            now = time.time()
+            query = sa.select(t.c.sid, *self._record_cols).where(self._prefix_range(), self._live(now))
+            if last is not None:
+                query = query.where(t.c.sid > last)
+            with self._begin() as conn:
+                rows = conn.execute(query.order_by(t.c.sid).limit(_PAGE)).mappings().all()
+            for row in rows:
+                key: str = row["sid"]
+                record = self._to_record(row, now)
+                if record is not None and key.startswith(self.key_prefix):
+                    yield key[n:], record
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1]["sid"]
+
+    def user_sessions(self, user_id: str | int) -> list[tuple[str, Record]]:
+        """Return ``(sid, record)`` for every live session bound to ``user_id`` (via the ``user_id`` index)."""
+        t = self.table
+        n = len(self.key_prefix)
+        wanted = str(user_id)
+        now = time.time()
+        query = sa.select(t.c.sid, *self._record_cols).where(
+            t.c.user_id == wanted[:255], self._prefix_match(), self._live(now)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(query.order_by(t.c.sid)).mappings().all()
+        found: list[tuple[str, Record]] = []
+        for row in rows:
+            key: str = row["sid"]
+            record = self._to_record(row, now)
+            # The column holds 255 characters and may compare case-insensitively (MySQL's default
+            # collation): the typed id in the record decides.
+            if record is None or not key.startswith(self.key_prefix) or str(record.user_id) != wanted:
+                continue
+            found.append((key[n:], record))
+        return found
+
+    def gc(self, now: float) -> int:
+        """Delete the rows under this prefix past their expiry or TTL in one statement; return how many."""
+        stmt = sa.delete(self.table).where(self._prefix_match(), self._dead(now))
+        with self._begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def stats(self) -> dict[str, float]:
+        """Return ``rows`` (rows under this prefix, expired included) and ``expired_rows`` (what gc would remove)."""
+        t = self.table
+        now = time.time()
+        dead = sa.func.sum(sa.case((self._dead(now), 1), else_=0))
+        query = sa.select(sa.func.count(), dead).select_from(t).where(self._prefix_match())
+        with self._begin() as conn:
+            rows, expired = conn.execute(query).one()
+        return {"rows": float(rows or 0), "expired_rows": float(expired or 0)}
