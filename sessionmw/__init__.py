@@ -7,9 +7,10 @@ routes skip the lock and the write.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .adapters.wsgi import WSGISessionMiddleware as WSGISessionMiddleware
 from .admin.store import SessionStore as SessionStore
-from .asgi import SessionMiddleware as SessionMiddleware
-from .asgi import load_session as load_session
 from .backends import AsyncBackend as AsyncBackend
 from .backends import Backend as Backend
 from .backends import Record as Record
@@ -26,7 +27,10 @@ from .core.errors import SessionUnavailable as SessionUnavailable
 from .core.errors import TooManyWaiters as TooManyWaiters
 from .core.readonly import read_only as read_only
 from .core.session import Session as Session
-from .wsgi import WSGISessionMiddleware as WSGISessionMiddleware
+
+if TYPE_CHECKING:
+    from .adapters.asgi import SessionMiddleware as SessionMiddleware
+    from .adapters.asgi import load_session as load_session
 
 __version__ = "0.1.0"
 
@@ -52,3 +56,13 @@ __all__ = [
     "options_from_config",
     "read_only",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The ASGI adapter imports Starlette and anyio: loaded on first use, so that a Flask or WSGI
+    # app never imports them.
+    if name in ("SessionMiddleware", "load_session"):
+        from .adapters import asgi
+
+        return getattr(asgi, name)
+    raise AttributeError(f"module 'sessionmw' has no attribute {name!r}")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
 from ._url import BackendURL, parse_backend_url
 from .base import AsyncBackend, Backend, Record, SessionInfo, Touch
-from .threaded import ThreadedAsyncBackend
+
+if TYPE_CHECKING:
+    from .threaded import ThreadedAsyncBackend
 
 __all__ = [
     "AsyncBackend",
@@ -111,4 +113,14 @@ def as_async(backend: Backend | AsyncBackend) -> AsyncBackend:
     """Return ``backend`` itself if it is async already, else a threaded async wrapper of it."""
     if isinstance(backend, AsyncBackend):
         return backend
+    from .threaded import ThreadedAsyncBackend  # anyio: only for ASGI apps
+
     return ThreadedAsyncBackend(backend)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ThreadedAsyncBackend":
+        from .threaded import ThreadedAsyncBackend
+
+        return ThreadedAsyncBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

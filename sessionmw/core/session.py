@@ -8,15 +8,14 @@ hands the app an already loaded one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
+from .cookies import new_session_id
 from .errors import ReadOnlySessionError
+from .state import RequestState
 
-if TYPE_CHECKING:
-    from ..backends.base import Record
-
-__all__ = ["Session"]
+__all__ = ["Session", "SessionHooks", "failure_of", "hooks_of"]
 
 
 class _NotLoaded:
@@ -64,43 +63,34 @@ class Session(dict[str, Any]):
     or set ``session.modified = True``.
     """
 
-    # Per-request state. Class-level defaults, so building a session (once per request) sets only
-    # what differs; instances shadow them on first assignment.
+    # Class-level defaults, so the core's session (built once per request) sets only what differs.
     #: Starlette's flags: the session was read / changed during this request.
     accessed: bool = False
     modified: bool = False
-    #: Set by the core when the stored session had timed out and was replaced by a new one.
-    timed_out: bool = False
+    #: Everything about the request's session that is not the data; owned by the core.
+    _state: RequestState
+    #: The request that opened the session: loads it lazily, releases it, upgrades it.
     _hooks: SessionHooks | None = None
+    #: The data is not in yet: the first use loads (or decodes) it.
     _lazy: bool = False
-    _id: str | None = None
-    #: The id whose record was loaded (and whose lock this request holds, if any).
-    _stored_id: str | None = None
-    _record: Record | None = None
-    _token: str | None = None
-    _read_only: bool = False
-    _declared_read_only: bool = False
-    _frozen_reason: str | None = None
-    _released: bool = False
-    _invalidated: bool = False
     _changed_keys: set[str] | None = None
-    _user_id: str | int | None = None
-    _user_bound: bool = False
-    #: bind_user() was called in this request (max_sessions_per_user is applied then).
-    _bound_now: bool = False
-    _idle_override: bool = False
-    _idle_timeout: float | None = None
-    _new_id_factory: Callable[[], str] | None = None
-    #: Stored data not decoded yet (ASGI loads before the app runs but decodes on first access).
-    _pending: bytes | None = None
-    _decode: Callable[[bytes], dict[str, Any]] | None = None
-    #: Why the session could not be loaded; raised at first use (ASGI loads before the app runs).
-    _error: BaseException | None = None
-    #: The id the request's cookie named, and when that cookie was signed (for sliding Max-Age).
-    _cookie_sid: str | None = None
-    _cookie_signed_at: float | None = None
-    #: Monotonic time the lock was obtained (for the hold-time log line).
-    _lock_mono: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state = RequestState()
+
+    @classmethod
+    def for_request(cls, state: RequestState, hooks: SessionHooks | None) -> Session:
+        """Return an empty session bound to a request's ``state`` (the core's constructor)."""
+        s = cls.__new__(cls)
+        s._state = state
+        s._hooks = hooks
+        return s
+
+    @property
+    def timed_out(self) -> bool:
+        """True when the stored session had timed out and this request started a new one."""
+        return self._state.timed_out
 
     @property
     def _changed(self) -> set[str]:
@@ -123,32 +113,29 @@ class Session(dict[str, Any]):
 
     def _poison(self, error: BaseException) -> None:
         """Make every use of the session raise ``error``; a route that never uses it still runs."""
-        self._error = error
+        self._state.error = error
         self._make_lazy()
 
     def _ensure(self) -> None:
         if self._lazy:
-            if self._error is not None:
-                raise self._error
+            error = self._state.error
+            if error is not None:
+                raise error
             self._unlazy()
-            if self._pending is not None:
-                raw, self._pending = self._pending, None
-                assert self._decode is not None
-                super().update(self._decode(raw))
-                return
             assert self._hooks is not None
             self._hooks.load(self)
 
     @property
     def _holds_nothing(self) -> bool:
         """True for a session never loaded from the backend: no lock, no record, nothing to write."""
-        return self._lazy and self._pending is None
+        return self._lazy and self._state.pending is None
 
     def _guard(self, key: Any = None) -> None:
         if self._lazy:
             self._ensure()
-        if self._frozen_reason is not None:
-            raise ReadOnlySessionError(self._frozen_reason, key=None if key is None else str(key))
+        reason = self._state.frozen_reason
+        if reason is not None:
+            raise ReadOnlySessionError(reason, key=None if key is None else str(key))
         self.accessed = True
         self.modified = True
         if key is not None:
@@ -157,8 +144,9 @@ class Session(dict[str, Any]):
     def mark_accessed(self) -> None:
         """Note that the app read the session (Starlette calls this from ``request.session``)."""
         self.accessed = True
-        if self._error is not None:
-            raise self._error
+        error = self._state.error
+        if error is not None:
+            raise error
 
     def mark_modified(self) -> None:
         """Note a change the session cannot see, such as an in-place edit of a nested value."""
@@ -315,56 +303,55 @@ class Session(dict[str, Any]):
         """The session id; a new session gets one when first asked or when it is saved."""
         if self._lazy:
             self._ensure()
-        if self._id is None and self._new_id_factory is not None:
-            self._id = self._new_id_factory()
-        return self._id
+        st = self._state
+        if st.id is None and st.draws_id:
+            st.id = new_session_id()
+        return st.id
 
     @property
     def is_new(self) -> bool:
         """True when no stored session was found for this request (or it was invalidated)."""
         if self._lazy:
             self._ensure()
-        return self._stored_id is None or self._invalidated
+        return self._state.stored_id is None or self._state.invalidated
 
     @property
     def read_only(self) -> bool:
         """True on a read-only route: the session is readable, and changing it raises."""
-        return self._read_only
+        return self._state.read_only
 
     @property
     def released(self) -> bool:
         """True once the session was written back and its lock released."""
-        return self._released
+        return self._state.released
 
     @property
     def user_id(self) -> str | int | None:
         """Whose session this is, as given to :meth:`bind_user`; ``None`` when anonymous."""
         if self._lazy:
             self._ensure()
-        return self._user_id
+        return self._state.user_id
 
     @property
     def idle_timeout(self) -> float | None:
         """This session's idle timeout in seconds (``None``: it never times out while idle)."""
         if self._lazy:
             self._ensure()
-        return self._idle_timeout
+        return self._state.idle_timeout
 
     @idle_timeout.setter
     def idle_timeout(self, value: float | None) -> None:
         if value is not None and (not isinstance(value, int | float) or value <= 0):
             raise ValueError(f"idle_timeout must be a number > 0 or None, not {value!r}")
         self._guard()
-        self._idle_override = True
-        self._idle_timeout = None if value is None else float(value)
+        self._state.idle_override = True
+        self._state.idle_timeout = None if value is None else float(value)
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data; the old id is destroyed (call it at login)."""
         self._guard()
-        if self._new_id_factory is not None:
-            self._id = self._new_id_factory()
-        else:
-            self._id = None
+        st = self._state
+        st.id = new_session_id() if st.draws_id else None
 
     def invalidate(self) -> None:
         """Destroy the session: its data, its id and its user; the response expires the cookie.
@@ -374,20 +361,22 @@ class Session(dict[str, Any]):
         self._guard()
         self._changed.update(super().keys())
         super().clear()
-        self._invalidated = True
-        self._user_id = None
-        self._user_bound = False
-        self._idle_override = False
-        self._id = None
+        st = self._state
+        st.invalidated = True
+        st.user_id = None
+        st.user_bound = False
+        st.idle_override = False
+        st.id = None
 
     def bind_user(self, user_id: str | int) -> None:
         """Record whose session this is and regenerate the id (no session fixation)."""
         if not isinstance(user_id, str | int) or isinstance(user_id, bool):
             raise TypeError(f"user_id must be a str or int, not {type(user_id).__name__}")
         self.regenerate()
-        self._user_id = user_id
-        self._user_bound = True
-        self._bound_now = True
+        st = self._state
+        st.user_id = user_id
+        st.user_bound = True
+        st.bound_now = True
 
     def release(self) -> None:
         """Write the session back now and release its lock (PHP's ``session_write_close``).
@@ -395,11 +384,12 @@ class Session(dict[str, Any]):
         Use it before a long or streaming response. Reading stays allowed; a later change raises
         :class:`ReadOnlySessionError`.
         """
-        if self._released:
+        st = self._state
+        if st.released:
             return
         if self._hooks is None:
-            self._released = True
-            self._frozen_reason = "the session was released; changes after release() are not saved"
+            st.released = True
+            st.frozen_reason = "the session was released; changes after release() are not saved"
             return
         self._hooks.release(self)
 
@@ -409,7 +399,7 @@ class Session(dict[str, Any]):
         The data read without the lock is discarded. Use it when a read-only route finds it must
         write after all (Moodle's ``restart_with_write_lock``).
         """
-        if not self._read_only:
+        if not self._state.read_only:
             return
         if self._hooks is None:
             raise ReadOnlySessionError("a detached session cannot take a lock")
@@ -417,7 +407,7 @@ class Session(dict[str, Any]):
 
     async def aupgrade(self) -> None:
         """The awaitable :meth:`upgrade`, for async endpoints under the ASGI middleware."""
-        if not self._read_only:
+        if not self._state.read_only:
             return
         if self._hooks is None:
             raise ReadOnlySessionError("a detached session cannot take a lock")
@@ -439,3 +429,13 @@ class Session(dict[str, Any]):
         if self._lazy:
             self._ensure()
         return not super().__len__()
+
+
+def hooks_of(s: Session) -> SessionHooks | None:
+    """Return the request glue that opened ``s`` (``None`` for a detached session)."""
+    return s._hooks
+
+
+def failure_of(s: Session) -> BaseException | None:
+    """Return why ``s`` could not be loaded, or ``None``."""
+    return s._state.error

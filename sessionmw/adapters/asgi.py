@@ -1,0 +1,308 @@
+"""The ASGI adapter: a pure ASGI middleware, a drop-in for Starlette's ``SessionMiddleware``.
+
+It only translates between ASGI and the core: find the cookie, learn whether the route is
+read-only, load (and lock) before the app runs when a signed cookie is present (``request.session``
+is synchronous; on a route in ``lazy_paths``, at ``await load_session(request)`` instead), write
+back and release when ``http.response.start`` goes out, and release in a ``finally`` when the app
+fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Literal
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..backends import AsyncBackend, Backend, open_async_backend
+from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
+from ..core.errors import BackendUnavailable, SessionError, SessionUnavailable
+from ..core.policy import SessionCore
+from ..core.readonly import is_read_only
+from ..core.route import Route
+from ..core.session import Session, failure_of, hooks_of
+from ..drivers.aio import AsyncDriver, AsyncRequest
+from .common import ErrorResponse, add_vary_cookie, backend_spec, check_unsupported, logger, unavailable_body
+
+__all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
+
+#: How many (type, method, path) triples the route lookup remembers.
+ROUTE_CACHE_SIZE = 4096
+#: Returned by :func:`find_starlette_endpoint` for a mount of static files: no session at all.
+STATIC = object()
+
+
+async def load_session(request: HTTPConnection) -> Session:
+    """Return the request's session, loading it now on a route in ``lazy_paths``.
+
+    Also a FastAPI dependency: ``session: Session = Depends(load_session)``. It takes the lock unless
+    the route is read-only. Elsewhere the session is loaded already and is returned as it is. Raises
+    :class:`~sessionmw.SessionUnavailable` when it cannot be had (the middleware answers 503).
+    """
+    session = request.scope.get("session")
+    if not isinstance(session, Session):
+        raise SessionError("load_session() needs sessionmw's SessionMiddleware in front of the app")
+    handle = hooks_of(session)
+    if isinstance(handle, AsyncRequest):
+        await handle.aload(session)
+    error = failure_of(session)
+    if error is not None:
+        raise error
+    return session
+
+
+_KEYWORDS = (*OPTION_NAMES, "app", "error_response")
+
+
+class SessionMiddleware:
+    """Server-side, locked sessions for Starlette and FastAPI apps.
+
+    Takes Starlette's ``SessionMiddleware`` keywords (``secret_key``, ``session_cookie``, ``max_age``,
+    ``path``, ``same_site``, ``https_only``, ``domain``, ``partitioned``) and sessionmw's own (see the
+    README's option table). ``request.session`` is a :class:`sessionmw.Session`.
+
+    :param backend: a backend URL or instance; default: files under the system temp dir.
+    :param error_response: builds the answer to a request whose session cannot be had (lock timeout,
+        too many waiters, backend down): ``(status, headers, body)``; default a plain-text 503.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SessionMiddleware:
+        # Python would reject an unknown keyword with a bare TypeError before __init__ runs; answer it
+        # with a ConfigError naming the closest option instead. (A **kwargs on __init__ would do the
+        # same but break the typing of Starlette's Middleware(SessionMiddleware, ...).)
+        for name in kwargs:
+            if name not in _KEYWORDS:
+                raise unknown_option_error(name, _KEYWORDS)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: str | Sequence[str] | Any = None,
+        session_cookie: str = "session",
+        max_age: int | None = 14 * 24 * 3600,
+        path: str = "/",
+        same_site: Literal["lax", "strict", "none"] = "lax",
+        https_only: bool = False,
+        domain: str | None = None,
+        partitioned: bool = False,
+        *,
+        backend: str | Backend | AsyncBackend | None = None,
+        cookie_prefix: str = "",
+        idle_timeout: float | None = None,
+        absolute_timeout: float | None = None,
+        lock_timeout: float = 120.0,
+        lock_expire: float = 7200.0,
+        key_prefix: str = "sessmw:",
+        read_only_paths: Sequence[str] = (),
+        read_only_debug: bool = False,
+        lock_warn: float | None = None,
+        max_waiters: int = 32,
+        touch_interval: float = 60.0,
+        max_sessions_per_user: int | None = None,
+        exclude_paths: Sequence[str] = (),
+        lazy_paths: Sequence[str] = (),
+        serializer: Any = "json",
+        durable_backend: Any = None,
+        durable_write_every: int = 1,
+        error_response: ErrorResponse | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = build_settings(
+            secret_key=secret_key,
+            backend=backend,
+            session_cookie=session_cookie,
+            max_age=max_age,
+            path=path,
+            same_site=same_site,
+            https_only=https_only,
+            domain=domain,
+            partitioned=partitioned,
+            cookie_prefix=cookie_prefix,
+            idle_timeout=idle_timeout,
+            absolute_timeout=absolute_timeout,
+            lock_timeout=lock_timeout,
+            lock_expire=lock_expire,
+            key_prefix=key_prefix,
+            read_only_paths=read_only_paths,
+            read_only_debug=read_only_debug,
+            lock_warn=lock_warn,
+            max_waiters=max_waiters,
+            touch_interval=touch_interval,
+            max_sessions_per_user=max_sessions_per_user,
+            exclude_paths=exclude_paths,
+            lazy_paths=lazy_paths,
+            serializer=serializer,
+            durable_backend=durable_backend,
+            durable_write_every=durable_write_every,
+        )
+        check_unsupported(self.settings)
+        self.core = SessionCore(self.settings)
+        self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
+        self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
+        self.error_response: ErrorResponse = error_response or unavailable_body
+        self._routes: dict[tuple[str, str, str], Route] = {}
+
+    def _route(self, scope: Scope) -> Route:
+        """Return the core's route for the request: its endpoint's marker and the path patterns."""
+        kind = scope["type"]
+        key = (kind, scope.get("method", ""), scope["path"])
+        route = self._routes.get(key)
+        if route is None:
+            path = scope["path"]
+            rules = self.core.routes
+            app = scope.get("app")
+            endpoint = find_starlette_endpoint(app, scope) if app is not None and not rules.excluded(path) else None
+            route = rules.decide(
+                path,
+                marked=endpoint is not None and endpoint is not STATIC and is_read_only(endpoint),
+                static=endpoint is STATIC,
+                websocket=kind == "websocket",
+            )
+            if len(self._routes) < ROUTE_CACHE_SIZE:
+                self._routes[key] = route
+        return route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                await self.app(scope, receive, self._closing_send(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        route = self._route(scope)
+        if route.excluded:
+            scope["session"] = self.core.new_session(route, None, None)
+            await self.app(scope, receive, send)
+            return
+        handle = AsyncRequest(self.core, self.driver, scope)
+        cookie = None
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
+        found = self.core.sid_from_cookie(cookie, self.settings.max_age)
+        session = handle.session(route, found)
+        lock = not route.read_only
+        if found is not None and route.lazy:
+            handle.defer(session, lock=lock)  # loaded by `await load_session(request)`
+        elif found is not None:
+            try:
+                await handle.open(session, lock=lock)
+            except SessionUnavailable as exc:
+                if kind == "websocket":
+                    await self._unavailable(exc, kind, send)
+                    return
+                # Answer 503 only if the app uses the session: a page that never touches it still works.
+                self.core.fail_later(session, exc)
+        scope["session"] = session
+        if kind == "websocket":
+            await self.app(scope, receive, send)
+            return
+        await self._serve(scope, receive, send, handle, session)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, handle: AsyncRequest, session: Session) -> None:
+        """Run the app; close the session when the response starts, release it if the app fails."""
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                outcome = await handle.finish(session)
+                if outcome.vary or outcome.set_cookie is not None:
+                    headers = message.get("headers")
+                    if type(headers) is not list:
+                        headers = message["headers"] = list(headers or ())
+                    if outcome.vary:
+                        add_vary_cookie(headers, b"vary", b"Cookie", b", ", b"*")
+                    if outcome.set_cookie is not None:
+                        headers.append((b"set-cookie", outcome.set_cookie.encode("latin-1")))
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except SessionUnavailable as exc:
+            await handle.abort(session)
+            if started:
+                raise
+            await self._unavailable(exc, "http", send)
+        except BaseException:
+            await handle.abort(session)
+            raise
+        else:
+            if not handle.finished:
+                await handle.finish(session)
+
+    def _closing_send(self, send: Send) -> Send:
+        """Wrap a lifespan ``send``: probe the backend when the app has started, close it when it stops."""
+
+        async def closing_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                await self._probe()
+            elif kind == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return closing_send
+
+    async def _probe(self) -> None:
+        """Reach a backend that can be probed (Redis) at start-up, so that a store that may drop
+        sessions, or one that is down, is named in the log before the first request."""
+        probe = getattr(self.backend, "aprobe", None)
+        if probe is None:
+            return
+        try:
+            await probe()
+        except BackendUnavailable as exc:
+            logger.warning("at start-up: %s; requests that need their session get a 503 until it answers", exc)
+
+    async def _unavailable(self, exc: SessionUnavailable, kind: str, send: Send) -> None:
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": exc.message[:120]})
+            return
+        status, headers, body = self.error_response(exc)
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def aclose(self) -> None:
+        """Close the backend's connections (for app shutdown)."""
+        await self.backend.aclose()
+
+
+def find_starlette_endpoint(app: Any, scope: MutableMapping[str, Any]) -> Any:
+    """Return the endpoint Starlette's router would call for ``scope``, :data:`STATIC`, or ``None``.
+
+    The middleware runs before routing, so it matches the routes itself (``route.matches``).
+    """
+    router = getattr(app, "router", None)
+    routes = getattr(router, "routes", None) if router is not None else getattr(app, "routes", None)
+    if routes is None:
+        return None
+    try:
+        from starlette.routing import Match
+    except ImportError:  # pragma: no cover - starlette is a dependency
+        return None
+    return _match(routes, scope, Match.FULL)
+
+
+def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> Any:
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a custom route that cannot match this scope
+            continue
+        if match != full:
+            continue
+        endpoint = child.get("endpoint")
+        if type(endpoint).__name__ == "StaticFiles":
+            return STATIC
+        sub_routes = getattr(route, "routes", None)  # a Mount of a router or an app with routes
+        if sub_routes:
+            return _match(sub_routes, {**scope, **child}, full)
+        return endpoint
+    return None

@@ -1,0 +1,98 @@
+"""When a session ends, when it is touched, and what its stored record holds.
+
+Rules of this module: no I/O and no clock reads (``now`` is passed in). The core, not the store,
+decides whether a session timed out, as Moodle's manager does; a backend TTL is only a safety net.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import Record, Touch
+from .config import Settings
+
+if TYPE_CHECKING:
+    from .policy import RequestFacts
+    from .state import RequestState
+
+__all__ = ["TTL_MARGIN", "Lifetime"]
+
+#: Seconds added to a session's timeout for the backend's TTL, beyond the touch interval.
+TTL_MARGIN = 60.0
+
+
+class Lifetime:
+    """Timeout, touch and TTL rules for one configuration.
+
+    :param settings: the validated options.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.idle_timeout = settings.idle_timeout
+        self.absolute_timeout = settings.absolute_timeout
+        self.max_age = settings.max_age
+        self.touch_every = settings.effective_touch_interval
+
+    def expired(self, rec: Record, now: float) -> bool:
+        """Tell whether a stored session has passed its idle timeout or absolute lifetime."""
+        idle = rec.idle_timeout if rec.idle_override else self.idle_timeout
+        if idle is not None and now - rec.last_access > idle:
+            return True
+        absolute = self.absolute_timeout
+        return absolute is not None and now - rec.created > absolute
+
+    def expiry(self, created: float, last_access: float, override: bool, idle: float | None) -> float | None:
+        """Return when a session with these times ends, or ``None`` if it never times out."""
+        if not override:
+            idle = self.idle_timeout
+        ends = [last_access + idle] if idle is not None else []
+        if self.absolute_timeout is not None:
+            ends.append(created + self.absolute_timeout)
+        return min(ends) if ends else None
+
+    def ttl(self, expires: float | None, now: float) -> float | None:
+        """Return the backend TTL for a session ending at ``expires``: a safety net, never the rule."""
+        if expires is None:
+            if self.max_age is not None and self.max_age > 0:
+                return self.max_age + self.touch_every + TTL_MARGIN
+            return None
+        return max(1.0, expires - now) + self.touch_every + TTL_MARGIN
+
+    def touch_due(self, rec: Record, now: float) -> bool:
+        """Tell whether an unchanged session's last access should be written now."""
+        return now - rec.last_access >= self.touch_every
+
+    def touch(self, rec: Record, now: float, req: RequestFacts) -> Touch:
+        """Return the refresh of ``rec``'s last access at ``now``."""
+        expires = self.expiry(rec.created, now, rec.idle_override, rec.idle_timeout)
+        return Touch(last_access=now, last_ip=req.client_ip, expires=expires, ttl=self.ttl(expires, now))
+
+    def record(self, st: RequestState, data: bytes, now: float, req: RequestFacts) -> tuple[Record, float | None]:
+        """Return the record to store for a session whose serialized data is ``data``, and its TTL."""
+        old = None if st.invalidated else st.record
+        created = old.created if old is not None else now
+        expires = self.expiry(created, now, st.idle_override, st.idle_timeout)
+        rec = Record(
+            data=data,
+            created=created,
+            last_access=now,
+            user_id=st.user_id,
+            first_ip=old.first_ip if old is not None else req.client_ip,
+            last_ip=req.client_ip,
+            user_agent=req.user_agent or (old.user_agent if old is not None else None),
+            idle_override=st.idle_override,
+            idle_timeout=st.idle_timeout if st.idle_override else None,
+            expires=expires,
+        )
+        return rec, self.ttl(expires, now)
+
+
+def adopt(st: RequestState, sid: str, rec: Record, token: str | None, idle_timeout: Any) -> None:
+    """Record in ``st`` that ``sid``'s stored record ``rec`` is this request's session."""
+    st.id = st.stored_id = sid
+    st.record = rec
+    st.token = token
+    st.user_id = rec.user_id
+    st.user_bound = rec.user_id is not None
+    st.idle_override = rec.idle_override
+    st.idle_timeout = rec.idle_timeout if rec.idle_override else idle_timeout

@@ -1,0 +1,58 @@
+"""The driver loop: perform a core flow's operations until the flow returns.
+
+Written once, here, for asyncio; ``_run_sync.py`` is generated from this file by
+``scripts/unasync.py`` (CI fails when it is stale). What differs between the two sides (how a waiter
+sleeps and is woken, how locks are renewed) is the I/O layer in ``aio.py`` and ``sync.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+from ..backends.base import AsyncBackend
+from ..core.ops import BackendOp, Log, Op, Queue, Sleep
+from .common import DriverBase
+
+__all__ = ["AsyncRunner"]
+
+T = TypeVar("T")
+
+
+class AsyncRunner(DriverBase):
+    """Runs core flows against an :class:`AsyncBackend`; the I/O layer supplies ``_sleep``."""
+
+    backend: AsyncBackend
+    #: A backend whose primitives never block (memory), called without a coroutine per primitive.
+    _inline: Any = None
+
+    async def run(self, flow: Generator[Op, Any, T]) -> T:
+        """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
+        backend = self.backend
+        inline = self._inline
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.throw(error) if error is not None else flow.send(result)
+            except StopIteration as stop:
+                value: T = stop.value
+                return value
+            error = None
+            try:
+                if isinstance(op, BackendOp):
+                    result = op.run(inline) if inline is not None else await op.arun(backend)
+                    self._after(op, result)
+                elif type(op) is Sleep:
+                    result = await self._sleep(op.sid, op.delay)
+                elif type(op) is Queue:
+                    result = self._queue(op)
+                elif type(op) is Log:
+                    self._log(op)
+                    result = None
+            except BaseException as exc:  # noqa: B036 - re-raised through the flow's finally blocks
+                error = exc
+
+    async def _sleep(self, sid: str, delay: float) -> float:  # pragma: no cover - supplied by the I/O layer
+        """Wait up to ``delay`` seconds for ``sid``'s lock; return the monotonic time after."""
+        raise NotImplementedError
