@@ -109,34 +109,9 @@ class SessionMiddleware:
         error_response: ErrorResponse | None = None,
     ) -> None:
         self.app = app
-        self.settings = build_settings(
-            secret_key=secret_key,
-            backend=backend,
-            session_cookie=session_cookie,
-            max_age=max_age,
-            path=path,
-            same_site=same_site,
-            https_only=https_only,
-            domain=domain,
-            partitioned=partitioned,
-            cookie_prefix=cookie_prefix,
-            idle_timeout=idle_timeout,
-            absolute_timeout=absolute_timeout,
-            lock_timeout=lock_timeout,
-            lock_expire=lock_expire,
-            key_prefix=key_prefix,
-            read_only_paths=read_only_paths,
-            read_only_debug=read_only_debug,
-            lock_warn=lock_warn,
-            max_waiters=max_waiters,
-            touch_interval=touch_interval,
-            max_sessions_per_user=max_sessions_per_user,
-            exclude_paths=exclude_paths,
-            lazy_paths=lazy_paths,
-            serializer=serializer,
-            durable_backend=durable_backend,
-            durable_write_every=durable_write_every,
-        )
+        # Every keyword but the app and the error page is an option, named as the settings name it.
+        options = {k: v for k, v in locals().items() if k not in ("self", "app", "error_response", "__class__")}
+        self.settings = build_settings(**options)
         check_unsupported(self.settings)
         self.core = SessionCore(self.settings)
         self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)

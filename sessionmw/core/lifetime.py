@@ -12,7 +12,7 @@ from ..backends.base import Record, Touch
 from .config import Settings
 
 if TYPE_CHECKING:
-    from .policy import RequestFacts
+    from .outcome import RequestFacts
     from .state import RequestState
 
 __all__ = ["TTL_MARGIN", "Lifetime"]
