@@ -158,7 +158,7 @@ class SessionMiddleware:
             if name == b"cookie":
                 cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
         found = self.core.sid_from_cookie(cookie, self.settings.max_age)
-        session = handle.session(route, found)
+        session = self.core.new_session(route, found, handle)
         lock = not route.read_only
         if found is not None and route.lazy:
             handle.defer(session, lock=lock)  # loaded by `await load_session(request)`

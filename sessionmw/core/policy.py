@@ -78,7 +78,6 @@ class SessionCore(Opening, Closing):
         :param hooks: the request glue that loads, releases and upgrades the session.
         """
         st = RequestState()
-        st.draws_id = True
         idle = self.settings.idle_timeout
         if idle is not None:
             st.idle_timeout = idle
@@ -104,18 +103,25 @@ class SessionCore(Opening, Closing):
         """Take back :meth:`defer` without loading (the caller loads)."""
         s._unlazy()
 
-    def settle(self, s: Session) -> Outcome:
-        """Close ``s`` with no backend work: nothing was loaded, or nothing changed in a new session."""
+    def settle(self, s: Session) -> Outcome | None:
+        """Close ``s`` with no backend work if there is none to do: a new session nobody changed.
+
+        Returns ``None`` when :meth:`close` must run.
+        """
+        st = s._state
+        if st.stored_id is None and not s.modified and not s._lazy:
+            st.released = True
+            return self.outcome(None, s)
+        return None
+
+    def forget(self, s: Session) -> Outcome:
+        """Close ``s`` without loading it: a lazy route's session that the app never asked for."""
         s._state.released = True
         return self.outcome(None, s)
 
     def holds_nothing(self, s: Session) -> bool:
         """Tell whether ``s`` was never loaded from the backend: no lock, no record, nothing to write."""
         return s._holds_nothing
-
-    def untouched(self, s: Session) -> bool:
-        """Tell whether closing ``s`` has nothing to do: a new session nobody changed, never lazy."""
-        return s._state.stored_id is None and not s.modified and not s._lazy
 
     def fail_later(self, s: Session, error: BaseException) -> None:
         """Make every use of ``s`` raise ``error``; a route that never uses its session still runs."""

@@ -77,7 +77,8 @@ class Session(dict[str, Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._state = RequestState()
+        self._state = st = RequestState()
+        st.draws_id = False
 
     @classmethod
     def for_request(cls, state: RequestState, hooks: SessionHooks | None) -> Session:

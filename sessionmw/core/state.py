@@ -48,8 +48,9 @@ class RequestState:
     # -- what the app asked for ---------------------------------------------------------------------
     #: The session id the response will carry (``None`` until a new session needs one).
     id: str | None = None
-    #: A new id is drawn when the session is first asked for one (a new or regenerated session).
-    draws_id: bool = False
+    #: A new id is drawn when the session is first asked for one (a new or regenerated session);
+    #: a detached session (``Session({...})``) draws none.
+    draws_id: bool = True
     invalidated: bool = False
     user_id: str | int | None = None
     user_bound: bool = False

@@ -122,10 +122,6 @@ class AsyncRequest(SessionHooks):
                 return agent
         return None
 
-    def session(self, route: Route, found: tuple[str, float | None] | None) -> Session:
-        """Return the request's session, not loaded yet."""
-        return self.core.new_session(route, found, self)
-
     async def open(self, session: Session, lock: bool) -> None:
         """Load the session before the app runs (its data is decoded on first use)."""
         flow = self.core.open(session, lock=lock, now=time.time(), mono=time.monotonic(), req=self, decode_later=True)
@@ -178,14 +174,14 @@ class AsyncRequest(SessionHooks):
     async def _close(self, session: Session) -> Outcome:
         self.finished = True
         core = self.core
-        if self._deferred is not None or core.untouched(session):
-            # A new session nobody changed, or a lazy route's session nobody loaded: nothing to
-            # write, nothing held (the common anonymous case).
-            self.outcome = core.settle(session)
-        else:
+        # A lazy route's session nobody loaded, or a new one nobody changed (the common anonymous
+        # case): nothing to write, nothing held, no flow to run.
+        outcome = core.forget(session) if self._deferred is not None else core.settle(session)
+        if outcome is None:
             flow = core.close(session, now=time.time(), mono=time.monotonic(), req=self)
-            self.outcome = await self.driver.run(flow)
-        return self.outcome
+            outcome = await self.driver.run(flow)
+        self.outcome = outcome
+        return outcome
 
     async def abort(self, session: Session) -> None:
         """Release the lock without writing, if the session was not finished."""
