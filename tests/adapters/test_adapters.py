@@ -27,7 +27,7 @@ from sessionmw import ConfigError, SessionMiddleware, WSGISessionMiddleware, opt
 from sessionmw.backends.memory import MemoryBackend
 from sessionmw.flask import FlaskSession
 
-from .apps import make_flask_app
+from ..apps import make_flask_app
 
 
 def mem() -> str:

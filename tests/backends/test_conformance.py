@@ -18,7 +18,7 @@ from sessionmw.backends import AsyncBackend, Backend, Record, Touch, open_async_
 from sessionmw.core.cookies import new_session_id
 from sessionmw.core.locking import new_lock_token
 
-from .conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
+from ..conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
 
 
 def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:

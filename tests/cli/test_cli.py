@@ -15,7 +15,7 @@ from sessionmw import SessionStore
 from sessionmw.admin.cli import main
 
 from .test_admin import login
-from .test_conformance import client_for
+from ..integration.test_middleware_conformance import client_for
 
 
 def seed(url: str, key_prefix: str) -> dict[str, str]:

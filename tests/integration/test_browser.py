@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, missing, stop_process, wait_port
+from ..conftest import free_port, missing, stop_process, wait_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS_SCREENSHOT = ROOT / "docs" / "demo.png"
 CHROMIUM = os.environ.get("SESSIONMW_TEST_CHROMIUM", "/usr/bin/chromium")

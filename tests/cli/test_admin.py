@@ -16,9 +16,9 @@ from starlette.testclient import TestClient
 
 from sessionmw import SessionStore
 
-from .apps import make_starlette_app
-from .conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
-from .test_conformance import SECRET, client_for, put_cookie, sid_of
+from ..apps import make_starlette_app
+from ..conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
+from ..integration.test_middleware_conformance import SECRET, client_for, put_cookie, sid_of
 
 
 @pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES)

@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 
 from sessionmw import Session, SessionError, SessionMiddleware, load_session, read_only
 
-from .apps import STARLETTE_ROUTES
-from .conftest import free_port
+from ..apps import STARLETTE_ROUTES
+from ..conftest import free_port
 
 SECRET = "lazy-secret"
 

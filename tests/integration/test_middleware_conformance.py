@@ -26,7 +26,7 @@ from sessionmw.backends import open_backend
 from sessionmw.core.cookies import IdSigner
 from sessionmw.core.locking import new_lock_token
 
-from .apps import STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
+from ..apps import STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
 
 ADAPTERS = ["asgi", "wsgi", "flask"]
 SECRET = "test-secret"

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from .conftest import BACKENDS, backend_url_for, free_port, stop_process
+from ..conftest import BACKENDS, backend_url_for, free_port, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 INCREMENTS = 25
 

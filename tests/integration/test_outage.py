@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import ServerProcess
-from .test_conformance import client_for
+from ..conftest import ServerProcess
+from .test_middleware_conformance import client_for
 
 pytestmark = pytest.mark.slow
 
