@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from typing import Any
 
 from ..backends.base import Record
 from .config import Settings
@@ -80,7 +79,7 @@ class Closing:
         on_modified: bool = False,
         refresh: bool = False,
         signer: IdSigner | None = None,
-    ) -> Generator[Op, Any, Outcome]:
+    ) -> Generator[Op, object, Outcome]:
         """Write ``s`` back and release its lock, as the module's case table says; return the outcome.
 
         :param on_modified: send the cookie whenever the session was modified (Flask's rule).
@@ -132,7 +131,7 @@ class Closing:
 
     def _close_kept(
         self, s: Session, sid: str, now: float, req: RequestFacts, signer: IdSigner
-    ) -> Generator[Op, Any, CookieAction | None]:
+    ) -> Generator[Op, object, CookieAction | None]:
         """Close a stored session that keeps its id: release, touch, save or delete it."""
         st = s._state
         rec = st.record
@@ -153,7 +152,7 @@ class Closing:
         new, ttl = lifetime.record(st, self.serializer.dumps(s._data()), now, req)
         if token is None:  # pragma: no cover - a stored, writable session always holds its lock
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
-        saved = yield Save(sid, new, token, ttl)
+        saved = yield from Save(sid, new, token, ttl)
         st.token = None  # released by the save, or found lost (if it raised, close() releases)
         if not saved:
             yield Log(
@@ -167,12 +166,12 @@ class Closing:
 
     def _close_new_id(
         self, s: Session, stored: str | None, now: float, req: RequestFacts, signer: IdSigner
-    ) -> Generator[Op, Any, CookieAction | None]:
+    ) -> Generator[Op, object, CookieAction | None]:
         """Close a session whose id changes: a new, regenerated or invalidated one (close() releases)."""
         st = s._state
         token = st.token
         if stored is not None and token is not None and not st.invalidated:
-            if not (yield Extend(stored, token, self.settings.lock_expire)):
+            if not (yield from Extend(stored, token, self.settings.lock_expire)):
                 yield Log(
                     logging.ERROR,
                     "the session lock expired before the new id was written; the regeneration was dropped "
@@ -186,7 +185,7 @@ class Closing:
             for _ in range(CREATE_ATTEMPTS):
                 sid = s.id
                 assert sid is not None
-                if (yield Create(sid, rec, ttl)):
+                if (yield from Create(sid, rec, ttl)):
                     action = CookieAction("set", signer.sign(sid))
                     break
                 st.id = new_session_id()
@@ -194,7 +193,7 @@ class Closing:
                 raise RuntimeError("sessionmw: could not reserve a new session id")
             limit = self.settings.max_sessions_per_user
             if limit is not None and st.bound_now and st.user_id is not None:
-                others = yield UserSessions(st.user_id)
+                others = yield from UserSessions(st.user_id)
                 yield from self._end_oldest(others, keep={sid, stored}, room=limit - 1)
         elif stored is not None:
             action = CookieAction("delete")
@@ -202,7 +201,7 @@ class Closing:
             yield Delete(stored)
         return action
 
-    def abort(self, s: Session) -> Generator[Op, Any, None]:
+    def abort(self, s: Session) -> Generator[Op, object, None]:
         """Release ``s``'s lock without writing anything: the app raised, or the response failed.
 
         A session that was never loaded holds nothing and stays usable (Flask's test client opens a
@@ -223,7 +222,7 @@ class Closing:
 
     def _end_oldest(
         self, sessions: list[tuple[str, Record]], *, keep: set[str | None], room: int
-    ) -> Generator[Op, Any, None]:
+    ) -> Generator[Op, object, None]:
         """End a user's oldest sessions until ``room`` others are left (Moodle's concurrent-login limit)."""
         others = sorted((rec.created, sid) for sid, rec in sessions if sid not in keep)
         for _, sid in others[: max(0, len(others) - room)]:

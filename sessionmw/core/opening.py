@@ -41,7 +41,7 @@ class Opening:
         mono: float,
         req: RequestFacts = NO_REQUEST,
         decode_later: bool = False,
-    ) -> Generator[Op, Any, None]:
+    ) -> Generator[Op, object, None]:
         """Load the cookie's session into ``s`` (taking its lock when ``lock``), or leave ``s`` new.
 
         ``lock=None`` takes the lock unless the route is read-only.
@@ -60,7 +60,7 @@ class Opening:
             lock = not st.read_only
         token: str | None = None
         if not lock:
-            rec: Record | None = yield Load(sid)
+            rec = yield from Load(sid)
         else:
             token = new_lock_token()
             rec = yield from self._acquire(st, sid, token, mono, req)
@@ -92,18 +92,18 @@ class Opening:
 
     def _acquire(
         self, st: RequestState, sid: str, token: str, mono: float, req: RequestFacts
-    ) -> Generator[Op, Any, Record | None]:
+    ) -> Generator[Op, object, Record | None]:
         """Take ``sid``'s lock, waiting as the settings say; return its record (or ``None``)."""
         settings = self.settings
         started = mono
         queued = False
         try:
             while True:
-                locked, rec = yield LockAndLoad(sid, token, settings.lock_expire)
+                locked, rec = yield from LockAndLoad(sid, token, settings.lock_expire)
                 if locked:
                     break
                 if not queued:
-                    if not (yield Queue(sid, True, settings.max_waiters)):
+                    if not (yield from Queue(sid, True, settings.max_waiters)):
                         raise TooManyWaiters(
                             f"too many requests ({settings.max_waiters}) already wait for this "
                             "session's lock; try again shortly",
@@ -119,7 +119,7 @@ class Opening:
                         sid_hint=sid[:6],
                         timeout=settings.lock_timeout,
                     )
-                mono = yield Sleep(sid, delay)
+                mono = yield from Sleep(sid, delay)
         finally:
             if queued:
                 yield Queue(sid, False, settings.max_waiters)

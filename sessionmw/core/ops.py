@@ -18,8 +18,8 @@ per-process queue of waiters) and :class:`Log` (a line for the ``sessionmw`` log
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from ..backends.base import AsyncBackend, Backend, Record, Touch
@@ -58,6 +58,15 @@ class BackendOp(Generic[T]):
     sid: str
     #: The lock token (a slot of the ops that hold, free or extend a lock).
     token: str
+
+    def __iter__(self) -> Generator[BackendOp[T], object, T]:
+        """Hand the operation to the driver and return its result: ``result = yield from op``.
+
+        This is what types the flows' results: the driver sends back what :meth:`run` or
+        :meth:`arun` returned, so the value is a ``T``.
+        """
+        result = yield self
+        return cast(T, result)
 
     def run(self, backend: Backend) -> T:
         """Perform the operation on a sync backend."""
@@ -273,6 +282,11 @@ class Sleep:
         self.sid = sid
         self.delay = delay
 
+    def __iter__(self) -> Generator[Sleep, object, float]:
+        """Hand the wait to the driver; return the monotonic time after it."""
+        now = yield self
+        return cast(float, now)
+
 
 class Queue:
     """Join (``enter``) or leave the queue of this process's waiters for ``sid``.
@@ -286,6 +300,11 @@ class Queue:
         self.sid = sid
         self.enter = enter
         self.limit = limit
+
+    def __iter__(self) -> Generator[Queue, object, bool]:
+        """Hand the queue change to the driver; on joining, return whether there was room."""
+        room = yield self
+        return bool(room)
 
 
 class Log:

@@ -27,7 +27,7 @@ class SyncRunner(DriverBase):
     #: A backend whose primitives never block (memory), called without a coroutine per primitive.
     _inline: Any = None
 
-    def run(self, flow: Generator[Op, Any, T]) -> T:
+    def run(self, flow: Generator[Op, object, T]) -> T:
         """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
         backend = self.backend
         inline = self._inline
