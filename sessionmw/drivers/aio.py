@@ -30,6 +30,7 @@ class AsyncDriver(AsyncRunner):
         self.backend = backend
         self._events: dict[str, asyncio.Event] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # A backend that never blocks (memory) is called directly: no coroutine per primitive.
         self._inline = backend if getattr(backend, "nonblocking", False) else None
@@ -51,13 +52,15 @@ class AsyncDriver(AsyncRunner):
 
     def _hold(self, sid: str, token: str) -> None:
         self.renewals.add(sid, token, time.monotonic())
-        timer = self._timer
-        if timer is None or timer.cancelled() or _closed(timer):
+        loop = self._timer_loop
+        if self._timer is None or loop is None or loop.is_closed():
             self._arm(asyncio.get_running_loop())
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake up when the next renewal is due (on the loop of the request that holds the lock)."""
+        self._timer_loop = loop
         due = self.renewals.next_due()
-        self._timer = None if due is None else loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._due)
+        self._timer = None if due is None else loop.call_later(max(0.0, due - time.monotonic()), self._due)
 
     def _due(self) -> None:
         """Extend every lock whose renewal is due, then wait for the next one."""
@@ -77,11 +80,6 @@ class AsyncDriver(AsyncRunner):
         self.renewals.renewed(token, still, time.monotonic())
         if self._timer is None:
             self._arm(asyncio.get_running_loop())
-
-
-def _closed(timer: asyncio.TimerHandle) -> bool:
-    loop: asyncio.AbstractEventLoop | None = getattr(timer, "_loop", None)
-    return loop is None or loop.is_closed()
 
 
 class AsyncRequest(SessionHooks):
