@@ -29,10 +29,13 @@ from redis.sentinel import SentinelConnectionPool
 
 from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
-from sessionmw.backends import _redis_common as C
 from sessionmw.backends.base import encode_record
-from sessionmw.backends.redis import RedisBackend
-from sessionmw.backends.redis_async import AsyncRedisBackend
+from sessionmw.backends.redis import AsyncRedisBackend, RedisBackend, ops, wire
+from sessionmw.backends.redis.client import RedisBase
+from sessionmw.backends.redis.config import client_config
+from sessionmw.backends.redis.figures import figures
+from sessionmw.backends.redis.keys import Keys
+from sessionmw.backends.redis.records import decode, encode, head_user, touch_args
 from sessionmw.core.cookies import new_session_id
 from sessionmw.core.errors import BackendUnavailable, ConfigError
 from sessionmw.core.locking import new_lock_token
@@ -236,38 +239,38 @@ def test_sync_cluster_unreachable_is_backend_unavailable() -> None:
 
 def test_data_and_lock_share_a_cluster_slot() -> None:
     for prefix in ("sessmw:", "", "a:b:", "x*y["):
-        keys = C.Keys(prefix)
+        keys = Keys(prefix)
         for sid in (new_session_id(), "abc", "a}b"):
             assert key_slot(keys.data(sid).encode()) == key_slot(keys.lock(sid).encode())
-    keys = C.Keys("sessmw:")
+    keys = Keys("sessmw:")
     assert keys.data("abc") == "sessmw:{abc}" and keys.lock("abc") == "sessmw:{abc}:lock"
     assert keys.sid_of(b"sessmw:{abc}") == "abc"
 
 
 def test_ops_name_the_keys_of_keys() -> None:
-    keys, sid, t = C.Keys("p:"), "abc", Touch(1.0, None, None, None)
+    keys, sid, t = Keys("p:"), "abc", Touch(1.0, None, None, None)
     two = (keys.data(sid).encode(), keys.lock(sid).encode())
-    for op in (C.save(keys, sid, rec(), "t", 1), C.release(keys, sid, "t", t)):
+    for op in (ops.save(keys, sid, rec(), "t", 1), ops.release(keys, sid, "t", t)):
         assert op.command[0] == "EVALSHA" and op.script is not None
         assert op.command[1] == hashlib.sha1(op.script.encode()).hexdigest().encode()
         assert op.command[2:5] == (b"2", *two)
-    lock, get = C.lock_and_load(keys, sid, "t k", 1.5).commands
+    lock, get = ops.lock_and_load(keys, sid, "t k", 1.5).commands
     assert lock == ("SET", two[1], b"t k", b"NX", b"PX", 1500) and get == ("GET", two[0])
-    assert C.save(keys, sid, rec(), "t", 2).command[5:8] == (b"2000", b"t", b"null")
-    assert C.save(keys, sid, rec(), "t", None).command[5] == b"-"
-    assert C.save(keys, sid, rec(user_id='a,"b'), "t", None).command[7] == b'"a,\\"b"', "the user id as JSON text"
-    assert C.touch(keys, sid, t).command[2:4] == (b"1", keys.data(sid))
-    assert C.extend(keys, sid, "t", 1).command[2:4] == (b"1", keys.lock(sid))
-    assert C.load(keys, sid).command == ("GET", keys.data(sid))
-    assert C.delete(keys, sid).command[2:] == (b"1", keys.data(sid))
-    assert C.gc_one(keys, sid, 5.0).command[2:] == (b"1", keys.data(sid), "5.0")
-    assert C.index_add(keys, sid, 7).command == ("SADD", "p:user:{7}", sid)
-    assert C.create(keys, sid, rec(), 2).command[::3] == ("SET", "NX")
-    assert C.create(keys, sid, rec(), None).command[-1] == "NX"
+    assert ops.save(keys, sid, rec(), "t", 2).command[5:8] == (b"2000", b"t", b"null")
+    assert ops.save(keys, sid, rec(), "t", None).command[5] == b"-"
+    assert ops.save(keys, sid, rec(user_id='a,"b'), "t", None).command[7] == b'"a,\\"b"', "the user id as JSON text"
+    assert ops.touch(keys, sid, t).command[2:4] == (b"1", keys.data(sid))
+    assert ops.extend(keys, sid, "t", 1).command[2:4] == (b"1", keys.lock(sid))
+    assert ops.load(keys, sid).command == ("GET", keys.data(sid))
+    assert ops.delete(keys, sid).command[2:] == (b"1", keys.data(sid))
+    assert ops.gc_one(keys, sid, 5.0).command[2:] == (b"1", keys.data(sid), "5.0")
+    assert ops.index_add(keys, sid, 7).command == ("SADD", "p:user:{7}", sid)
+    assert ops.create(keys, sid, rec(), 2).command[::3] == ("SET", "NX")
+    assert ops.create(keys, sid, rec(), None).command[-1] == "NX"
 
 
 def test_milliseconds_round_up_to_at_least_one() -> None:
-    assert C.ms(0) == 1 and C.ms(0.0001) == 1 and C.ms(1.0001) == 1001 and C.ms(30) == 30000
+    assert wire.ms(0) == 1 and wire.ms(0.0001) == 1 and wire.ms(1.0001) == 1001 and wire.ms(30) == 30000
 
 
 def test_encode_is_encode_record_and_decode_reads_it() -> None:
@@ -283,22 +286,22 @@ def test_encode_is_encode_record_and_decode_reads_it() -> None:
         rec(b"", user_id=7, expires=time.time() + 60),
         rec(b"\n\n", user_id='a"l,i]ce', first_ip=None),
     ):
-        assert C.encode(r) == encode_record(r)
-        assert C.decode(C.encode(r)) == r
-    assert C.decode(None) is None
-    assert C.decode(b"not a record") is None and C.decode(b"[1]\n") is None
+        assert encode(r) == encode_record(r)
+        assert decode(encode(r)) == r
+    assert decode(None) is None
+    assert decode(b"not a record") is None and decode(b"[1]\n") is None
 
 
 def test_touch_args_carry_expiry_and_ttl_in_one_argument() -> None:
     later = 1_700_000_000.125
-    assert C.touch_args(Touch(later, "10.0.0.1", later + 60, 30)) == [f"{later!r} {later + 60!r} 30000", "10.0.0.1"]
-    assert C.touch_args(Touch(later, None, None, None)) == [f"{later!r} null -"]
+    assert touch_args(Touch(later, "10.0.0.1", later + 60, 30)) == [f"{later!r} {later + 60!r} 30000", "10.0.0.1"]
+    assert touch_args(Touch(later, None, None, None)) == [f"{later!r} null -"]
 
 
 def test_policy_check_ignores_a_disabled_config_and_retries_after_a_connection_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    base: C.RedisBase[Any] = C.RedisBase("redis://h/0", C.Keys("p:"), lambda: (None, []))
+    base: RedisBase[Any] = RedisBase("redis://h/0", Keys("p:"), lambda: (None, []))
     base.policy_result(None, RedisConnectionError("down"))
     assert base.policy_pending
     base.policy_result(None, ResponseError("unknown command 'CONFIG'"))
@@ -808,9 +811,39 @@ def test_async_maxmemory_policy_warning(
 
 
 def test_twins_have_the_same_primitives() -> None:
-    sync = {n for n in vars(RedisBackend) if not n.startswith("_")} - {"iter_records", "gc", "stats"}
+    sync = {n for n in vars(RedisBackend) if not n.startswith("_")}
     async_ = {n[1:] if n.startswith("a") else n for n in vars(AsyncRedisBackend) if not n.startswith("_")}
     assert sync == async_
+    assert {"iter_records", "user_sessions", "gc", "stats"} <= sync, "the administration side on both"
+
+
+@redis_service
+def test_async_administration_lists_collects_and_counts(redis_url: str, key_prefix: str) -> None:
+    # The administration side is written once, on the async side, and generated for the sync one.
+    async def scenario() -> None:
+        ab = open_async_backend(redis_url, key_prefix=key_prefix)
+        assert isinstance(ab, AsyncRedisBackend)
+        live, old = new_session_id(), new_session_id()
+        now = time.time()
+        try:
+            assert await ab.acreate(live, rec(user_id="ann"), 60)
+            assert await ab.acreate(old, rec(user_id="ann", expires=now - 1), 60)
+            assert {sid async for sid, _ in ab.aiter_records()} == {live, old}
+            assert {sid for sid, _ in await ab.auser_sessions("ann")} == {live, old}
+            assert await ab.agc(now) == 1
+            assert [sid async for sid, _ in ab.aiter_records()] == [live]
+            assert [sid for sid, _ in await ab.auser_sessions("ann")] == [live]
+            counts = await ab.astats()
+            assert counts["used_memory"] > 0 and set(counts) == {
+                "evicted_keys",
+                "expired_keys",
+                "used_memory",
+                "maxmemory_policy_evicts",
+            }
+        finally:
+            await ab.aclose()
+
+    asyncio.run(scenario())
 
 
 # -- administration: the per-user index, gc, stats ------------------------------------------------
@@ -840,23 +873,23 @@ def members(raw: redis.Redis, key: str) -> set[str]:
 
 
 def test_pure_index_helpers() -> None:
-    keys = C.Keys("p:")
+    keys = Keys("p:")
     assert keys.user("alice") == "p:user:{alice}" and keys.user(7) == "p:user:{7}"
     assert key_slot(keys.user("alice").encode()) == key_slot(b"{alice}"), "its own hash tag"
-    assert keys.user_scan_pattern() == "p:user:{*}" and C.Keys("x*").user_scan_pattern() == "x\\*user:{*}"
+    assert keys.user_scan_pattern() == "p:user:{*}" and Keys("x*").user_scan_pattern() == "x\\*user:{*}"
     head = encode_record(rec(user_id="bob")).partition(b"\n")[0]
-    assert C.head_user(head) == "bob" and C.head_user(b"garbage") is None and C.head_user(None) is None
-    assert C.head_user(encode_record(rec(user_id=7)).partition(b"\n")[0]) == 7
-    assert C.reindex(keys, "s", 7, "7") == () and C.reindex(keys, "s", None, None) == ()
-    moved = C.reindex(keys, "s", "a", "b")
+    assert head_user(head) == "bob" and head_user(b"garbage") is None and head_user(None) is None
+    assert head_user(encode_record(rec(user_id=7)).partition(b"\n")[0]) == 7
+    assert ops.reindex(keys, "s", 7, "7") == () and ops.reindex(keys, "s", None, None) == ()
+    moved = ops.reindex(keys, "s", "a", "b")
     assert [op.command for op in moved] == [("SREM", "p:user:{a}", "s"), ("SADD", "p:user:{b}", "s")]
     r1, r2 = rec(user_id="a"), rec(user_id=None)
-    found, stale = C.pick_user_sessions("a", ["s1", "s2", "s3", "s4"], [r1, None, r2, rec(user_id="b")])
+    found, stale = ops.pick_user_sessions("a", ["s1", "s2", "s3", "s4"], [r1, None, r2, rec(user_id="b")])
     assert found == [("s1", r1)] and stale == ["s2", "s3", "s4"]
-    assert C.pick_user_sessions(7, ["s"], [rec(user_id="7")])[0], "7 and '7' share one index set"
-    single = C.figures({"evicted_keys": 3, "expired_keys": 4}, {"used_memory": 1000, "maxmemory_policy": "allkeys-lru"})
+    assert ops.pick_user_sessions(7, ["s"], [rec(user_id="7")])[0], "7 and '7' share one index set"
+    single = figures({"evicted_keys": 3, "expired_keys": 4}, {"used_memory": 1000, "maxmemory_policy": "allkeys-lru"})
     assert single == {"evicted_keys": 3, "expired_keys": 4, "used_memory": 1000, "maxmemory_policy_evicts": 1.0}
-    cluster = C.figures(
+    cluster = figures(
         {"n1:7000": {"evicted_keys": 1, "expired_keys": 2}, "n2:7001": {"evicted_keys": 5, "expired_keys": 0}},
         {"n1:7000": {"used_memory": 10, "maxmemory_policy": "noeviction"}, "n2:7001": {"used_memory": 20}},
     )
@@ -1071,7 +1104,7 @@ def test_own_connections_only_for_one_server_with_an_unbounded_pool() -> None:
     from sessionmw.backends._url import parse_backend_url
 
     def own(url: str) -> bool:
-        return C.client_config(parse_backend_url(url), "p:").own_connections
+        return client_config(parse_backend_url(url), "p:").own_connections
 
     assert own("redis://127.0.0.1:6379/0") and own("unix:///run/redis.sock") and own("rediss://h:6380/1")
     assert not own("redis://127.0.0.1:6379/0?max_connections=4"), "a bounded pool must refuse the n+1st"
@@ -1196,16 +1229,16 @@ def test_a_loops_old_closing_watch_leaves_a_newer_client_alone(redis_url: str, k
         pytest.param((("SET", b"big", b"\r\n" * 5000 + bytes(range(256))),), id="binary, large"),
     ],
 )
-def test_own_packer_encodes_as_redis_py_does(commands: tuple[tuple[C.Arg, ...], ...]) -> None:
+def test_own_packer_encodes_as_redis_py_does(commands: tuple[tuple[wire.Arg, ...], ...]) -> None:
     conn = redis.Connection()
-    assert C.pack(commands) == b"".join(conn.pack_commands(commands))
+    assert wire.pack(commands) == b"".join(conn.pack_commands(commands))
 
 
 def test_own_packer_round_trips_through_a_real_server(redis_url: str) -> None:
     value = "ünïcode \r\n" * 3 + "x" * 10000
     conn = redis.Redis.from_url(redis_url).connection_pool.make_connection()
     try:
-        conn.send_packed_command([C.pack((("SET", "packer-test", value, "PX", 60000), ("GET", "packer-test")))])
+        conn.send_packed_command([wire.pack((("SET", "packer-test", value, "PX", 60000), ("GET", "packer-test")))])
         assert conn.read_response() == b"OK"
         assert conn.read_response() == value.encode()
     finally:

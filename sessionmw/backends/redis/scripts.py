@@ -1,0 +1,212 @@
+"""The Lua scripts of the Redis backend, with what each takes (KEYS, ARGV) and answers, and their SHAs.
+
+Rules of this module: no I/O. A script runs by EVALSHA; on NOSCRIPT (a new or flushed server) the
+backend loads its source and runs it once more. Key names come from :class:`.keys.Keys`.
+
+The scripts read a record's metadata line as text, never through cjson: they split the JSON array
+that Python's json.dumps wrote (no spaces, so only a string element can hold a ',' or ']') into its
+elements' texts and compare or replace those, so every element they do not replace keeps its exact
+text (cjson would round floats to 14 digits and big integers to doubles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "DELETE",
+    "DELETE_SHA",
+    "EXTEND",
+    "EXTEND_SHA",
+    "GC",
+    "GC_SHA",
+    "RELEASE",
+    "RELEASE_SHA",
+    "SAVE",
+    "SAVE_SHA",
+    "SCRIPTS",
+    "SHAS",
+    "TOUCH",
+    "TOUCH_SHA",
+]
+
+# fields(value, n): the texts of the first n elements of the JSON array at the start of value, and the
+# position of the ',' or ']' after the nth one; nil when value does not start with such an array.
+_FIELDS_FN = r"""
+local function fields(value, n)
+  if string.byte(value, 1) ~= 91 then return nil end
+  local out, i, j = {}, 2, 0
+  for k = 1, n do
+    if string.byte(value, i) == 34 then
+      j = i + 1
+      while true do
+        local q = string.find(value, '["\\]', j)
+        if not q then return nil end
+        if string.byte(value, q) == 34 then j = q + 1; break end
+        j = q + 2
+      end
+    else
+      j = string.find(value, '[,%]]', i)
+      if not j then return nil end
+    end
+    local c = string.byte(value, j)
+    if c ~= 44 and (c ~= 93 or k < n) then return nil end
+    out[k] = string.sub(value, i, j - 1)
+    i = j + 1
+  end
+  return out, j
+end
+"""
+
+# touch(at): apply the touch in ARGV[at..] to the session whose record is KEYS[1]:
+#   ARGV[at]      "<last_access> <expires|null> <TTL in ms|->" (- = no TTL: PERSIST)
+#   ARGV[at+1]    the last IP; absent = unknown, keep the record's
+# When the touch is newer than the record's last access, rewrites the record with last_access, expires
+# and (if given) last_ip replaced in its metadata line; else only refreshes the TTL (a newer write won).
+# Returns 1 when the session exists (touched), 0 when it does not (nothing created).
+_TOUCH_FN = (
+    _FIELDS_FN
+    + r"""
+local function touch(at)
+  local value = redis.call('GET', KEYS[1])
+  if not value then return 0 end
+  local at_, ex, ttl = string.match(ARGV[at], '^(%S+) (%S+) (%S+)$')
+  local f, j = fields(value, 9)
+  local old = f and tonumber(f[2])
+  if old and old < tonumber(at_) then
+    f[2] = at_
+    f[9] = ex
+    if ARGV[at + 1] then f[5] = cjson.encode(ARGV[at + 1]) end
+    value = '[' .. table.concat(f, ',') .. string.sub(value, j)
+    if ttl == '-' then
+      redis.call('SET', KEYS[1], value)
+    else
+      redis.call('SET', KEYS[1], value, 'PX', ttl)
+    end
+  elseif ttl == '-' then
+    redis.call('PERSIST', KEYS[1])
+  else
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+  return 1
+end
+"""
+)
+
+# head(value): the JSON metadata line of a stored record (before its first newline), or '' if none.
+_HEAD_FN = r"""
+local function head(value)
+  local nl = string.find(value, '\n', 1, true)
+  if not nl then return '' end
+  return string.sub(value, 1, nl - 1)
+end
+"""
+
+# KEYS[1] data, KEYS[2] lock; ARGV[1] the TTL in ms ('-': none), ARGV[2] the token, ARGV[3] the record's
+# user id as its metadata line has it (JSON text), ARGV[4] the record.
+# Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and returns 0
+# when the session was deleted meanwhile (SET XX: an ended session is never resurrected), 1 when the
+# record was written over one of the same user, and the overwritten record's metadata line when the
+# user changed (the caller then moves the sid between index sets: another slot in Cluster).
+# The user id is the metadata line's third element, after two numbers that hold no comma: two plain
+# finds locate it, where parsing the JSON in Lua cost this hot script half its time.
+SAVE = (
+    _HEAD_FN
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+local old
+if ARGV[1] == '-' then
+  old = redis.call('SET', KEYS[1], ARGV[4], 'XX', 'GET')
+else
+  old = redis.call('SET', KEYS[1], ARGV[4], 'XX', 'GET', 'PX', ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+if not old then return 0 end
+local a = string.find(old, ',', 1, true)
+local b = a and string.find(old, ',', a + 1, true)
+if b then
+  local e = b + #ARGV[3]
+  if string.sub(old, b + 1, e) == ARGV[3] and string.byte(old, e + 1) == 44 then return 1 end
+end
+return head(old)
+"""
+)
+
+# KEYS[1] data. Deletes it; returns the deleted record's metadata line (for its user), or nil when there
+# was no record.
+DELETE = (
+    _HEAD_FN
+    + """
+local old = redis.call('GETDEL', KEYS[1])
+if not old then return false end
+return head(old)
+"""
+)
+
+# KEYS[1] data; ARGV[1] now. Deletes the session when its expiry (element 9 of the metadata line) is
+# before now; returns its metadata line then, else nil. The check and the delete are atomic, so a
+# session touched or saved since it was listed is kept.
+GC = (
+    _FIELDS_FN
+    + _HEAD_FN
+    + """
+local data = redis.call('GET', KEYS[1])
+if not data then return false end
+local f = fields(data, 9)
+if not f or not tonumber(f[2]) then return false end
+local expires = tonumber(f[9])
+if not expires or expires >= tonumber(ARGV[1]) then return false end
+redis.call('DEL', KEYS[1])
+return head(data)
+"""
+)
+
+# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
+# Returns 1 when the token held the lock (deleted; the touch applied if the data still exists), else 0.
+RELEASE = (
+    _TOUCH_FN
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if #ARGV > 1 then touch(2) end
+return 1
+"""
+)
+
+# KEYS[1] data; ARGV[1..] a touch (see touch()).
+# Returns 1 when the session existed and was touched, 0 when there is none (nothing created).
+TOUCH = (
+    _TOUCH_FN
+    + """
+return touch(1)
+"""
+)
+
+# KEYS[1] lock; ARGV[1] token, ARGV[2] new expiry in ms.
+# Returns 1 when the token held the lock and its expiry was pushed out, else 0.
+EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+#: Script name -> Lua source. Run by EVALSHA; on NOSCRIPT the backend loads the source and retries.
+SCRIPTS: dict[str, str] = {
+    "save": SAVE,
+    "release": RELEASE,
+    "touch": TOUCH,
+    "extend": EXTEND,
+    "delete": DELETE,
+    "gc": GC,
+}
+
+#: Script name -> SHA1 of its source, as EVALSHA wants it (computed once, here).
+SHAS: dict[str, str] = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
+
+# As bytes, for the commands of the hot path: the encoder sends bytes as they are.
+SAVE_SHA = SHAS["save"].encode()
+RELEASE_SHA = SHAS["release"].encode()
+TOUCH_SHA = SHAS["touch"].encode()
+EXTEND_SHA = SHAS["extend"].encode()
+DELETE_SHA = SHAS["delete"].encode()
+GC_SHA = SHAS["gc"].encode()
