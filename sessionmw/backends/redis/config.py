@@ -86,16 +86,7 @@ def client_config(url: BackendURL, key_prefix: str) -> ClientConfig:
     """Read a ``redis://``, ``rediss://``, ``unix://``, ``redis+unix://``, ``redis+sentinel://`` or
     ``redis+cluster://`` URL and its query options into a :class:`ClientConfig`."""
     scheme = url.scheme
-    common: dict[str, Any] = {
-        "socket_connect_timeout": url.take("connect_timeout", positive_float, 2.0),
-        "socket_timeout": url.take("socket_timeout", positive_float, 2.0),
-    }
-    max_connections: int | None = url.take("max_connections", positive_int, None)
-    if max_connections is not None:
-        common["max_connections"] = max_connections
-    health = url.take("health_check_interval", positive_float, 0.0)
-    if health:
-        common["health_check_interval"] = health
+    common = _common(url)
     auth: dict[str, Any] = {}
     if url.username is not None:
         auth["username"] = url.username
@@ -121,41 +112,61 @@ def client_config(url: BackendURL, key_prefix: str) -> ClientConfig:
         db = _db(url, path) if path else (db_option or 0)
         kwargs = {"host": host or "localhost", "port": port or 6379, "db": db, **common, **auth, **tls}
         return ClientConfig("standalone", kwargs)
-
     if scheme == "redis+sentinel":
-        sentinel_password: str | None = url.take("sentinel_password", str, None)
-        parts = [p for p in url.path.split("/") if p]
-        if not parts or len(parts) > 2:
-            raise _bad(url, "needs the service name, and optionally the database: redis+sentinel://h1:26379/mymaster/0")
-        if len(parts) == 2 and db_option is not None:
-            raise _bad(url, "gives the database twice, in the path and as ?db=")
-        db = _db(url, parts[1]) if len(parts) == 2 else (db_option or 0)
-        nodes = [(h or "localhost", p or 26379) for h, p in url.hosts] or [("localhost", 26379)]
-        sentinel_kwargs: dict[str, Any] = {**common, **tls}
-        sentinel_kwargs.pop("max_connections", None)
-        if sentinel_password is not None:
-            sentinel_kwargs["password"] = sentinel_password
-        return ClientConfig(
-            "sentinel",
-            {"db": db, **common, **auth, **tls},
-            nodes=nodes,
-            service=parts[0],
-            sentinel_kwargs=sentinel_kwargs,
-        )
-
+        return _sentinel(url, db_option, common, {**common, **auth, **tls}, tls)
     if scheme == "redis+cluster":
-        if url.path.strip("/") not in ("", "0") or db_option not in (None, 0):
-            raise _bad(url, "Redis Cluster has database 0 only")
-        if "{" in key_prefix or "}" in key_prefix:
-            raise ConfigError(
-                f"key_prefix {key_prefix!r} contains a brace; on Redis Cluster the backend adds the {{sid}} hash "
-                "tag itself, and a brace in the prefix would move or merge the session slots",
-                option="key_prefix",
-            )
-        nodes = [(h or "localhost", p or 6379) for h, p in url.hosts] or [("localhost", 6379)]
-        return ClientConfig("cluster", {**common, **auth, **tls}, nodes=nodes, retries=1)
-
+        return _cluster(url, key_prefix, db_option, {**common, **auth, **tls})
     raise _bad(url, f"scheme {scheme!r} is not a Redis scheme")
+
+
+def _common(url: BackendURL) -> dict[str, Any]:
+    """The client options of every scheme: timeouts, pool size, health checks."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": url.take("connect_timeout", positive_float, 2.0),
+        "socket_timeout": url.take("socket_timeout", positive_float, 2.0),
+    }
+    max_connections: int | None = url.take("max_connections", positive_int, None)
+    if max_connections is not None:
+        common["max_connections"] = max_connections
+    health = url.take("health_check_interval", positive_float, 0.0)
+    if health:
+        common["health_check_interval"] = health
+    return common
+
+
+def _sentinel(
+    url: BackendURL, db_option: int | None, common: dict[str, Any], options: dict[str, Any], tls: dict[str, Any]
+) -> ClientConfig:
+    """``redis+sentinel://h1:26379,h2:26379/mymaster/0``: ``options`` go to the master's client."""
+    sentinel_password: str | None = url.take("sentinel_password", str, None)
+    parts = [p for p in url.path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise _bad(url, "needs the service name, and optionally the database: redis+sentinel://h1:26379/mymaster/0")
+    if len(parts) == 2 and db_option is not None:
+        raise _bad(url, "gives the database twice, in the path and as ?db=")
+    db = _db(url, parts[1]) if len(parts) == 2 else (db_option or 0)
+    nodes = [(h or "localhost", p or 26379) for h, p in url.hosts] or [("localhost", 26379)]
+    sentinel_kwargs: dict[str, Any] = {**common, **tls}
+    sentinel_kwargs.pop("max_connections", None)
+    if sentinel_password is not None:
+        sentinel_kwargs["password"] = sentinel_password
+    return ClientConfig(
+        "sentinel", {"db": db, **options}, nodes=nodes, service=parts[0], sentinel_kwargs=sentinel_kwargs
+    )
+
+
+def _cluster(url: BackendURL, key_prefix: str, db_option: int | None, options: dict[str, Any]) -> ClientConfig:
+    """``redis+cluster://h1:7000,h2:7001``: database 0 only, and no brace in the key prefix."""
+    if url.path.strip("/") not in ("", "0") or db_option not in (None, 0):
+        raise _bad(url, "Redis Cluster has database 0 only")
+    if "{" in key_prefix or "}" in key_prefix:
+        raise ConfigError(
+            f"key_prefix {key_prefix!r} contains a brace; on Redis Cluster the backend adds the {{sid}} hash "
+            "tag itself, and a brace in the prefix would move or merge the session slots",
+            option="key_prefix",
+        )
+    nodes = [(h or "localhost", p or 6379) for h, p in url.hosts] or [("localhost", 6379)]
+    return ClientConfig("cluster", options, nodes=nodes, retries=1)
 
 
 def _tls(url: BackendURL, *, default: bool) -> dict[str, Any]:
