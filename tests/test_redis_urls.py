@@ -24,7 +24,7 @@ from sessionmw.core.errors import BackendUnavailable
 from sessionmw.core.locking import new_lock_token
 
 from .conftest import ServerProcess, free_port, missing, wait_port
-from .test_conformance import ADAPTERS, client_for
+from .integration.test_middleware_conformance import ADAPTERS, client_for
 
 pytestmark = pytest.mark.service("redis")
 
