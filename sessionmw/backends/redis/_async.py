@@ -1,9 +1,9 @@
 """The Redis backend: its primitives and its administration side.
 
-One source for both sides: this file and ``_async_runners.py`` are written by hand, and ``_sync.py``
-and ``_sync_runners.py`` are generated from them by ``scripts/unasync.py`` (its docstring has the
-rules; ``_loop.py`` holds what only asyncio needs). Edit these, then run ``python scripts/unasync.py``;
-CI fails while a generated file is stale.
+Written once: the asyncio backend (``_async.py``) and its runners are written by hand, and the sync
+backend and its runners are generated from them by ``scripts/unasync.py`` (its docstring has the
+rules; ``_loop.py`` holds what only asyncio needs). Edit the asyncio files, then run
+``python scripts/unasync.py``; CI fails while a generated file is stale.
 
 Every primitive is one round trip (ops.py builds it; keys.py has the key layout and the per-user
 index), but for the index's own updates: a ``delete`` of a session with a user, and a ``save`` that
@@ -12,8 +12,8 @@ off (the core decides about waiting), so a server that is down answers at once w
 :class:`~sessionmw.core.errors.BackendUnavailable`; connections are made anew when it is back.
 
 On one server (not Sentinel or Cluster, and without ``max_connections``) the primitives run on
-connections of the backend's own (``Connections`` of the runners' module), skipping the per-command bookkeeping of
-redis-py's pool; the administration side uses the client and its pool.
+connections of the backend's own (the runners' ``Connections``), skipping the per-command
+bookkeeping of redis-py's pool; the administration side uses the client and its pool.
 """
 
 from __future__ import annotations

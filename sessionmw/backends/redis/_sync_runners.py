@@ -2,9 +2,10 @@
 # Edit the source, then run `python scripts/unasync.py` (CI runs it with --check).
 """How the Redis backend's commands reach the server: connections of its own, or redis-py's pool.
 
-Hand-written for asyncio; ``_sync_runners.py`` is generated from this file by ``scripts/unasync.py``
-(see ``_async.py``). A runner sends the commands of one round trip and returns the reply (a list of
-them for several commands); :class:`Connections` on one server, :class:`Pooled` otherwise.
+The asyncio runners are written by hand, and the sync ones generated from them by
+``scripts/unasync.py`` (see ``_async.py``). A runner sends the commands of one round trip and
+returns the reply (a list of them for several commands): :class:`Connections` on one server,
+:class:`Pooled` otherwise.
 """
 
 from __future__ import annotations
