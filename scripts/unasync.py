@@ -38,6 +38,7 @@ from pathlib import Path
 PAIRS: list[tuple[str, str]] = [
     ("sessionmw/backends/redis/_async_runners.py", "sessionmw/backends/redis/_sync_runners.py"),
     ("sessionmw/backends/redis/_async.py", "sessionmw/backends/redis/_sync.py"),
+    ("sessionmw/drivers/_run_async.py", "sessionmw/drivers/_run_sync.py"),
 ]
 
 #: Async spelling -> sync spelling, applied in this order to every line that is kept.
@@ -81,6 +82,10 @@ SUBS: list[tuple[str, str]] = [
     ("aiter_records", "iter_records"),
     ("agc", "gc"),
     ("astats", "stats"),
+    # the drivers' loop: the runner, the backend protocol, and the operation's async entry point
+    ("AsyncRunner", "SyncRunner"),
+    ("AsyncBackend", "Backend"),
+    ("arun", "run"),
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

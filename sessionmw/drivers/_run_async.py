@@ -1,6 +1,6 @@
 """The driver loop: perform a core flow's operations until the flow returns.
 
-Written once, here, for asyncio; ``_run_sync.py`` is generated from this file by
+Written once, by hand, in ``_run_async.py``; ``_run_sync.py`` is generated from it by
 ``scripts/unasync.py`` (CI fails when it is stale). What differs between the two sides (how a waiter
 sleeps and is woken, how locks are renewed) is the I/O layer in ``aio.py`` and ``sync.py``.
 """
@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 
 class AsyncRunner(DriverBase):
-    """Runs core flows against an :class:`AsyncBackend`; the I/O layer supplies ``_sleep``."""
+    """Runs core flows against the driver's backend; the I/O layer supplies ``_sleep``."""
 
     backend: AsyncBackend
     #: A backend whose primitives never block (memory), called without a coroutine per primitive.

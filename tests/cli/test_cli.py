@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sessionmw import SessionStore
 from sessionmw.admin.cli import main
 
-from .test_admin import login
 from ..integration.test_middleware_conformance import client_for
+from .test_admin import login
 
 
 def seed(url: str, key_prefix: str) -> dict[str, str]:

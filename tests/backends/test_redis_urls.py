@@ -23,8 +23,8 @@ from sessionmw.core.cookies import new_session_id
 from sessionmw.core.errors import BackendUnavailable
 from sessionmw.core.locking import new_lock_token
 
-from .conftest import ServerProcess, free_port, missing, wait_port
-from .integration.test_middleware_conformance import ADAPTERS, client_for
+from ..conftest import ServerProcess, free_port, missing, wait_port
+from ..integration.test_middleware_conformance import ADAPTERS, client_for
 
 pytestmark = pytest.mark.service("redis")
 

@@ -40,7 +40,7 @@ from sessionmw.core.cookies import new_session_id
 from sessionmw.core.errors import BackendUnavailable, ConfigError
 from sessionmw.core.locking import new_lock_token
 
-from .conftest import ServerProcess, free_port
+from ..conftest import ServerProcess, free_port
 
 redis_service = pytest.mark.service("redis")
 
@@ -1165,7 +1165,7 @@ def test_asgi_startup_names_a_redis_that_may_evict_sessions(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from .apps import make_starlette_app
+    from ..apps import make_starlette_app
 
     set_policy("allkeys-lru")
     caplog.set_level(logging.WARNING, logger="sessionmw")
@@ -1177,7 +1177,7 @@ def test_asgi_startup_names_a_redis_that_may_evict_sessions(
 def test_asgi_starts_while_redis_is_down_and_says_so(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     from starlette.testclient import TestClient
 
-    from .apps import make_starlette_app
+    from ..apps import make_starlette_app
 
     url = f"redis://127.0.0.1:{free_port()}/0?connect_timeout=1"  # nothing listens there
     caplog.set_level(logging.WARNING, logger="sessionmw")

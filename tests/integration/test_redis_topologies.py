@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REDIS_TOPOLOGIES, backend_url_for
-from .integration.test_middleware_conformance import (
+from ..conftest import REDIS_TOPOLOGIES, backend_url_for
+from .test_middleware_conformance import (
     test_bind_user_regenerates_and_records_the_user,
     test_garbage_cookies_start_a_fresh_session,
     test_invalidate_destroys_and_expires_the_cookie,
