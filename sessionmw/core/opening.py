@@ -22,7 +22,7 @@ from .serializers import Serializer
 from .session import Session
 from .state import RequestState
 
-__all__ = ["Opening"]
+__all__ = ["READ_ONLY", "Opening", "set_route"]
 
 
 class Opening:
@@ -160,12 +160,13 @@ class Opening:
         st.record = None
         s._changed.clear()
         s.modified = False
-        _apply_route(st, Route())
+        set_route(st, Route())
 
     # -- when the response starts -------------------------------------------------------------
 
 
-def _apply_route(st: RequestState, route: Route) -> None:
+def set_route(st: RequestState, route: Route) -> None:
+    """Record the route's read-only rule in the request state."""
     st.read_only = route.read_only
     st.declared_read_only = route.declared
     st.frozen_reason = READ_ONLY if route.read_only else None

@@ -24,7 +24,7 @@ from .closing import Closing
 from .config import Settings
 from .cookies import IdSigner, find_cookie
 from .lifetime import Lifetime
-from .opening import Opening, _apply_route
+from .opening import Opening, set_route
 from .outcome import CookieAction, Outcome, RequestFacts, RequestInfo
 from .route import Route, RouteRules
 from .serializers import get_serializer
@@ -51,15 +51,13 @@ class SessionCore(Opening, Closing):
 
     # -- before the app runs ------------------------------------------------------------------
 
-    def sid_from_cookie(
-        self, cookie_header: str | None, max_age: float | None = None, *, name: str | None = None
-    ) -> tuple[str, float] | None:
+    def sid_from_cookie(self, cookie_header: str | None, max_age: float | None = None) -> tuple[str, float] | None:
         """Return ``(sid, signed_at)`` from a request's Cookie header when it carries a valid signed id.
 
         A missing, forged, garbled, oversized or expired cookie gives ``None``: no session, and no
         backend look-up.
         """
-        value = find_cookie(cookie_header, self.settings.cookie_name if name is None else name)
+        value = find_cookie(cookie_header, self.settings.cookie_name)
         if value is None:
             return None
         return self.signer.unsign_with_time(value, max_age)
@@ -88,12 +86,12 @@ class SessionCore(Opening, Closing):
             if found is not None:
                 st.cookie_sid, st.signed_at = found
             if route.read_only or route.declared:
-                _apply_route(st, route)
+                set_route(st, route)
         return cls.for_request(st, hooks)
 
     def apply_route(self, s: Session, route: Route) -> None:
         """Make ``s`` read-only (enforced), declared read-only under ``read_only_debug``, or neither."""
-        _apply_route(s._state, route)
+        set_route(s._state, route)
 
     def defer(self, s: Session) -> None:
         """Leave ``s`` unloaded: its first use calls its hooks' ``load``."""
