@@ -18,10 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..backends import AsyncBackend, Backend, open_async_backend
 from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
 from ..core.errors import BackendUnavailable, SessionError, SessionUnavailable
+from ..core.hooks import failure_of, hooks_of
 from ..core.policy import SessionCore
 from ..core.readonly import is_read_only
 from ..core.route import Route
-from ..core.session import Session, failure_of, hooks_of
+from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
 from .common import ErrorResponse, add_vary_cookie, backend_spec, check_unsupported, logger, unavailable_body
 

@@ -20,10 +20,11 @@ from ..backends import Backend, open_backend
 from ..core.config import OPTION_NAMES, build_settings, closest_option, options_from_config
 from ..core.cookies import IdSigner, check_cookie_name
 from ..core.errors import ConfigError, SessionUnavailable
+from ..core.hooks import hooks_of
 from ..core.policy import RequestInfo, SessionCore
 from ..core.readonly import is_read_only
 from ..core.route import EXCLUDED, READ_WRITE, Route
-from ..core.session import Session, hooks_of
+from ..core.session import Session
 from ..drivers.sync import SyncDriver, SyncRequest
 from .common import backend_spec, check_unsupported
 

@@ -23,12 +23,13 @@ from typing import Any
 from .closing import Closing
 from .config import Settings
 from .cookies import IdSigner, find_cookie
+from .hooks import SessionHooks
 from .lifetime import Lifetime
 from .opening import Opening, set_route
 from .outcome import CookieAction, Outcome, RequestFacts, RequestInfo
 from .route import Route, RouteRules
 from .serializers import get_serializer
-from .session import Session, SessionHooks
+from .session import Session
 from .state import RequestState
 
 __all__ = ["CookieAction", "Outcome", "RequestFacts", "RequestInfo", "SessionCore"]

@@ -13,9 +13,10 @@ from typing import Any
 
 from .cookies import new_session_id
 from .errors import ReadOnlySessionError
+from .hooks import SessionHooks
 from .state import RequestState
 
-__all__ = ["Session", "SessionHooks", "failure_of", "hooks_of"]
+__all__ = ["Session"]
 
 
 class _NotLoaded:
@@ -33,26 +34,6 @@ class _NotLoaded:
 
 
 _NOT_LOADED = _NotLoaded()
-
-
-class SessionHooks:
-    """What a session asks of the request that opened it: load, release now, upgrade to a lock."""
-
-    def load(self, session: Session) -> None:  # pragma: no cover - interface
-        """Fill ``session`` from the backend."""
-        raise NotImplementedError
-
-    def release(self, session: Session) -> None:  # pragma: no cover - interface
-        """Write ``session`` back now and release its lock."""
-        raise NotImplementedError
-
-    def upgrade(self, session: Session) -> None:  # pragma: no cover - interface
-        """Take the lock of a read-only ``session`` and re-read it under the lock."""
-        raise NotImplementedError
-
-    async def aupgrade(self, session: Session) -> None:
-        """The awaitable :meth:`upgrade`, for async endpoints."""
-        self.upgrade(session)
 
 
 class Session(dict[str, Any]):
@@ -430,13 +411,3 @@ class Session(dict[str, Any]):
         if self._lazy:
             self._ensure()
         return not super().__len__()
-
-
-def hooks_of(s: Session) -> SessionHooks | None:
-    """Return the request glue that opened ``s`` (``None`` for a detached session)."""
-    return s._hooks
-
-
-def failure_of(s: Session) -> BaseException | None:
-    """Return why ``s`` could not be loaded, or ``None``."""
-    return s._state.error

@@ -13,9 +13,10 @@ from typing import Any
 
 from ..backends.base import AsyncBackend
 from ..core.errors import ReadOnlySessionError, SessionError
+from ..core.hooks import SessionHooks
 from ..core.policy import Outcome, SessionCore
 from ..core.route import Route
-from ..core.session import Session, SessionHooks
+from ..core.session import Session
 from ._run_async import AsyncRunner
 from .common import log_failed_renewal
 

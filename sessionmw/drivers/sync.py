@@ -15,10 +15,11 @@ from collections.abc import Callable
 from ..backends.base import Backend
 from ..core.cookies import IdSigner
 from ..core.errors import ReadOnlySessionError
+from ..core.hooks import SessionHooks
 from ..core.ops import Queue
 from ..core.policy import Outcome, RequestFacts, SessionCore
 from ..core.route import Route
-from ..core.session import Session, SessionHooks
+from ..core.session import Session
 from ._run_sync import SyncRunner
 from .common import log_failed_renewal
 
