@@ -167,8 +167,8 @@ class AsyncRequest(SessionHooks):
             await pending
         if not self.finished:
             return await self._close(session)
-        assert self.outcome is not None
-        return self.core.outcome(self.outcome.cookie, session)
+        # Closed before (release(), or a close that failed): the cookie as decided then, if at all.
+        return self.core.outcome(None if self.outcome is None else self.outcome.cookie, session)
 
     async def _close(self, session: Session) -> Outcome:
         self.finished = True

@@ -143,8 +143,8 @@ class SyncRequest(SessionHooks):
     def finish(self, session: Session, *, on_modified: bool = False, refresh: bool = False) -> Outcome:
         """Write back and release (once); return what the response carries."""
         if self.finished:
-            assert self.outcome is not None
-            return self.core.outcome(self.outcome.cookie, session)
+            # Closed before (release(), or a close that failed): the cookie as decided then, if at all.
+            return self.core.outcome(None if self.outcome is None else self.outcome.cookie, session)
         self.finished = True
         flow = self.core.close(
             session,
