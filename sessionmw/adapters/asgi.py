@@ -19,7 +19,7 @@ from ..backends import AsyncBackend, Backend, open_async_backend
 from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
 from ..core.errors import BackendUnavailable, SessionError, SessionUnavailable
 from ..core.hooks import failure_of, hooks_of
-from ..core.policy import SessionCore
+from ..core.policy import Outcome, SessionCore
 from ..core.readonly import is_read_only
 from ..core.route import Route
 from ..core.session import Session
@@ -154,18 +154,10 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         handle = AsyncRequest(self.core, self.driver, scope)
-        cookie = None
-        for name, value in scope["headers"]:
-            if name == b"cookie":
-                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
-        found = self.core.sid_from_cookie(cookie, self.settings.max_age)
-        session = self.core.new_session(route, found, handle)
-        lock = not route.read_only
-        if found is not None and route.lazy:
-            handle.defer(session, lock=lock)  # loaded by `await load_session(request)`
-        elif found is not None:
+        session, load = self._session(scope, route, handle)
+        if load:
             try:
-                await handle.open(session, lock=lock)
+                await handle.open(session, lock=not route.read_only)
             except SessionUnavailable as exc:
                 if kind == "websocket":
                     await self._unavailable(exc, kind, send)
@@ -176,10 +168,6 @@ class SessionMiddleware:
         if kind == "websocket":
             await self.app(scope, receive, send)
             return
-        await self._serve(scope, receive, send, handle, session)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, handle: AsyncRequest, session: Session) -> None:
-        """Run the app; close the session when the response starts, release it if the app fails."""
         started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -187,13 +175,7 @@ class SessionMiddleware:
             if message["type"] == "http.response.start":
                 outcome = await handle.finish(session)
                 if outcome.vary or outcome.set_cookie is not None:
-                    headers = message.get("headers")
-                    if type(headers) is not list:
-                        headers = message["headers"] = list(headers or ())
-                    if outcome.vary:
-                        add_vary_cookie(headers, b"vary", b"Cookie", b", ", b"*")
-                    if outcome.set_cookie is not None:
-                        headers.append((b"set-cookie", outcome.set_cookie.encode("latin-1")))
+                    _add_headers(message, outcome)
                 started = True
             await send(message)
 
@@ -210,6 +192,21 @@ class SessionMiddleware:
         else:
             if not handle.finished:
                 await handle.finish(session)
+
+    def _session(self, scope: Scope, route: Route, handle: AsyncRequest) -> tuple[Session, bool]:
+        """Return the request's session from its cookie, and whether to load it before the app runs."""
+        cookie = None
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
+        found = self.core.sid_from_cookie(cookie, self.settings.max_age)
+        session = self.core.new_session(route, found, handle)
+        if found is None:
+            return session, False
+        if route.lazy:
+            handle.defer(session, lock=not route.read_only)  # loaded by `await load_session(request)`
+            return session, False
+        return session, True
 
     def _closing_send(self, send: Send) -> Send:
         """Wrap a lifespan ``send``: probe the backend when the app has started, close it when it stops."""
@@ -282,3 +279,14 @@ def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> Any:
             return _match(sub_routes, {**scope, **child}, full)
         return endpoint
     return None
+
+
+def _add_headers(message: Message, outcome: Outcome) -> None:
+    """Copy the core's outcome into an ``http.response.start`` message: Vary, then Set-Cookie."""
+    headers = message.get("headers")
+    if type(headers) is not list:
+        headers = message["headers"] = list(headers or ())
+    if outcome.vary:
+        add_vary_cookie(headers, b"vary", b"Cookie", b", ", b"*")
+    if outcome.set_cookie is not None:
+        headers.append((b"set-cookie", outcome.set_cookie.encode("latin-1")))

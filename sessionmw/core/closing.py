@@ -121,6 +121,8 @@ class Closing:
                 action = yield from self._close_kept(s, stored, now, req, signer)
                 if action is None and (refresh or (on_modified and s.modified)):
                     action = CookieAction("set", signer.sign(stored))
+            if action is None:
+                return VARY if s.accessed else QUIET
             return self.outcome(action, s)
         finally:
             # The lock is still held if a step failed, or the regeneration was dropped.

@@ -6,7 +6,7 @@ decides whether a session timed out, as Moodle's manager does; a backend TTL is 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..backends.base import Record, Touch
 from .config import Settings
@@ -85,14 +85,3 @@ class Lifetime:
             expires=expires,
         )
         return rec, self.ttl(expires, now)
-
-
-def adopt(st: RequestState, sid: str, rec: Record, token: str | None, idle_timeout: Any) -> None:
-    """Record in ``st`` that ``sid``'s stored record ``rec`` is this request's session."""
-    st.id = st.stored_id = sid
-    st.record = rec
-    st.token = token
-    st.user_id = rec.user_id
-    st.user_bound = rec.user_id is not None
-    st.idle_override = rec.idle_override
-    st.idle_timeout = rec.idle_timeout if rec.idle_override else idle_timeout

@@ -13,7 +13,7 @@ from typing import Any
 from ..backends.base import Record
 from .config import Settings
 from .errors import SessionLockTimeout, TooManyWaiters
-from .lifetime import Lifetime, adopt
+from .lifetime import Lifetime
 from .locking import new_lock_token, wait_delays
 from .ops import Delete, Load, LockAndLoad, Log, Op, Queue, Release, Sleep
 from .outcome import NO_REQUEST, RequestFacts
@@ -88,7 +88,14 @@ class Opening:
                     yield Release(sid, token)
                 return
             s._fill(data)
-        adopt(st, sid, rec, token, self.settings.idle_timeout)
+        # The stored record is this request's session from now on.
+        st.id = st.stored_id = sid
+        st.record = rec
+        st.token = token
+        st.user_id = rec.user_id
+        st.user_bound = rec.user_id is not None
+        st.idle_override = rec.idle_override
+        st.idle_timeout = rec.idle_timeout if rec.idle_override else self.settings.idle_timeout
 
     def _acquire(
         self, st: RequestState, sid: str, token: str, mono: float, req: RequestFacts
@@ -136,7 +143,8 @@ class Opening:
 
     def decode(self, s: Session) -> None:
         """Fill ``s`` from the data :meth:`open` left undecoded (``decode_later``)."""
-        s._unlazy()
+        if s._lazy:
+            s._unlazy()
         st = s._state
         raw, st.pending = st.pending, None
         if raw is None:

@@ -26,7 +26,7 @@ from .cookies import IdSigner, find_cookie
 from .hooks import SessionHooks
 from .lifetime import Lifetime
 from .opening import Opening, set_route
-from .outcome import CookieAction, Outcome, RequestFacts, RequestInfo
+from .outcome import QUIET, VARY, CookieAction, Outcome, RequestFacts, RequestInfo
 from .route import Route, RouteRules
 from .serializers import get_serializer
 from .session import Session
@@ -88,7 +88,10 @@ class SessionCore(Opening, Closing):
                 st.cookie_sid, st.signed_at = found
             if route.read_only or route.declared:
                 set_route(st, route)
-        return cls.for_request(st, hooks)
+        s = cls.__new__(cls)  # Session.for_request, inlined: this runs on every request
+        s._state = st
+        s._hooks = hooks
+        return s
 
     def apply_route(self, s: Session, route: Route) -> None:
         """Make ``s`` read-only (enforced), declared read-only under ``read_only_debug``, or neither."""
@@ -110,7 +113,7 @@ class SessionCore(Opening, Closing):
         st = s._state
         if st.stored_id is None and not s.modified and not s._lazy:
             st.released = True
-            return self.outcome(None, s)
+            return VARY if s.accessed else QUIET
         return None
 
     def forget(self, s: Session) -> Outcome:

@@ -42,7 +42,15 @@ class AsyncRunner(DriverBase):
             try:
                 if isinstance(op, BackendOp):
                     result = op.run(inline) if inline is not None else await op.arun(backend)
-                    self._after(op, result)
+                    # What the op's type says must follow it (DriverBase._after, inlined: every op).
+                    if op.holds:
+                        if result[0]:
+                            self._hold(op.sid, op.token)
+                    else:
+                        if op.frees:
+                            self.renewals.discard(op.token)
+                        if op.wakes:
+                            self._wake(op.sid)
                 elif type(op) is Sleep:
                     result = await self._sleep(op.sid, op.delay)
                 elif type(op) is Queue:

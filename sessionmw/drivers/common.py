@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from typing import Any
 
-from ..core.ops import BackendOp, Log, Queue
+from ..core.ops import Log, Queue
 
 __all__ = ["DriverBase", "Renewals", "count_waiter"]
 
@@ -90,22 +89,15 @@ def log_failed_renewal(exc: BaseException) -> None:
 
 
 class DriverBase:
-    """The driver logic both sides share; subclasses supply ``_hold`` and ``_wake`` (their I/O)."""
+    """The driver state both sides share; subclasses supply ``_hold`` and ``_wake`` (their I/O).
+
+    Around each backend operation the loop (``_run_async.py``) does what the operation's type says:
+    ``holds`` (on success) starts renewing the lock, ``frees`` stops it, ``wakes`` wakes local waiters.
+    """
 
     def __init__(self, lock_expire: float) -> None:
         self.renewals = Renewals(lock_expire)
         self._waiters: dict[str, int] = {}
-
-    def _after(self, op: BackendOp[Any], result: Any) -> None:
-        """Do what ``op``'s type says must follow it: renew a lock now held, forget one let go, wake."""
-        if op.holds:
-            if result[0]:
-                self._hold(op.sid, op.token)
-            return
-        if op.frees:
-            self.renewals.discard(op.token)
-        if op.wakes:
-            self._wake(op.sid)
 
     def _queue(self, op: Queue) -> bool | None:
         return count_waiter(self._waiters, op)
