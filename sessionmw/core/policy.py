@@ -88,7 +88,7 @@ class SessionCore(Opening, Closing):
                 st.cookie_sid, st.signed_at = found
             if route.read_only or route.declared:
                 set_route(st, route)
-        s = cls.__new__(cls)  # Session.for_request, inlined: this runs on every request
+        s = cls.__new__(cls)  # no dict __init__, no state of its own: this runs on every request
         s._state = st
         s._hooks = hooks
         return s

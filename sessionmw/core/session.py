@@ -61,14 +61,6 @@ class Session(dict[str, Any]):
         self._state = st = RequestState()
         st.draws_id = False
 
-    @classmethod
-    def for_request(cls, state: RequestState, hooks: SessionHooks | None) -> Session:
-        """Return an empty session bound to a request's ``state`` (the core's constructor)."""
-        s = cls.__new__(cls)
-        s._state = state
-        s._hooks = hooks
-        return s
-
     @property
     def timed_out(self) -> bool:
         """True when the stored session had timed out and this request started a new one."""
