@@ -52,6 +52,9 @@ class Record(NamedTuple):
     idle_timeout: float | None = None
     #: When the core considers the session expired (``None`` = never); backends index it for gc.
     expires: float | None = None
+    #: Raised by one on every write of the session's data (1 for a new session); a store holding
+    #: several copies (memcached replicas, a fast and a durable tier) believes the highest.
+    version: int = 0
 
     def touched(self, touch: Touch) -> Record:
         """Return this record with the last access and IP of ``touch``."""
@@ -86,7 +89,7 @@ class SessionInfo:
     user_agent: str | None = None
 
 
-_META_KEYS = ("c", "a", "u", "fi", "li", "ua", "io", "it", "x")
+_META_KEYS = ("c", "a", "u", "fi", "li", "ua", "io", "it", "x", "v")
 
 
 def encode_record(record: Record) -> bytes:
@@ -101,6 +104,7 @@ def encode_record(record: Record) -> bytes:
         record.idle_override,
         record.idle_timeout,
         record.expires,
+        record.version,
     ]
     return json.dumps(meta, separators=(",", ":")).encode("utf-8") + b"\n" + record.data
 
@@ -122,6 +126,8 @@ def decode_record(blob: bytes) -> Record:
         idle_override=meta[6],
         idle_timeout=meta[7],
         expires=meta[8],
+        # Records written before versions existed have nine fields: version 0, older than any write.
+        version=meta[9] if len(meta) > 9 else 0,
     )
 
 

@@ -83,5 +83,6 @@ class Lifetime:
             idle_override=st.idle_override,
             idle_timeout=st.idle_timeout if st.idle_override else None,
             expires=expires,
+            version=old.version + 1 if old is not None else 1,
         )
         return rec, self.ttl(expires, now)

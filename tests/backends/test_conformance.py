@@ -55,11 +55,13 @@ def test_create_then_load_round_trips_data_and_metadata(backend: Backend) -> Non
         idle_override=True,
         idle_timeout=None,
         expires=None,
+        version=3,
     )
     assert backend.create(sid, r, ttl=60)
     got = backend.load(sid)
     assert got is not None
     assert got.data == r.data
+    assert got.version == 3
     assert got.user_id == 42
     assert got.user_agent == "ua/1"
     assert got.idle_override is True and got.idle_timeout is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sessionmw.core.ops import Release, Save
-from sessionmw.core.route import Route
+from sessionmw.core.route import READ_WRITE, Route
 from sessionmw.core.session import Session
 
 from .script import NOW, SID, Script, close, make_core, opened, record
@@ -136,6 +136,20 @@ def test_flask_cookie_rules(
     assert (outcome.cookie.kind if outcome.cookie else None) == cookie
     if cookie == "set":
         assert outcome.cookie is not None and core.signer.unsign(outcome.cookie.value, None) == SID
+
+
+def test_every_write_raises_the_record_version_by_one() -> None:
+    core = make_core()
+    script = Script(record(core, {"v": 0})._replace(version=41))
+    s = opened(core, script)
+    s["v"] = 1
+    close(core, script, s)
+    assert isinstance(script.ops[0], Save) and script.ops[0].record.version == 42
+    script = Script(None)
+    s = core.new_session(READ_WRITE, None, None)
+    s["v"] = 1
+    close(core, script, s)
+    assert script.names == ["Create"] and script.ops[0].record.version == 1
 
 
 def test_write_after_losing_the_lock_is_dropped_and_logged() -> None:
