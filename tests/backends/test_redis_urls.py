@@ -3,7 +3,8 @@ number, and TLS (``rediss://`` with a CA of the test's own), through both backen
 
 Each server is a private ``redis-server`` started here: one listening only on a unix socket and
 asking for a password, one speaking only TLS on a loopback port with a certificate made by
-``openssl`` for 127.0.0.1.
+``openssl`` for 127.0.0.1. Last, the ``failover_wait`` option of Sentinel and Cluster URLs, which needs
+no server: its default, its errors, and its bound.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from sessionmw.backends import Record, open_async_backend, open_backend
+from sessionmw.backends.redis.failover import UntilDeadline
 from sessionmw.core.cookies import new_session_id
-from sessionmw.core.errors import BackendUnavailable
+from sessionmw.core.errors import BackendUnavailable, ConfigError
 from sessionmw.core.locking import new_lock_token
 
 from ..conftest import ServerProcess, free_port, missing, wait_port
@@ -202,3 +205,71 @@ def test_adapters_over_tls(adapter: str, tls_server: tuple[int, Path], key_prefi
     with client_for(adapter, backend=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", key_prefix=key_prefix) as c:
         assert c.get("/inc").json() == {"n": 1}
         assert c.get("/inc").json() == {"n": 2}
+
+
+# -- failover_wait: how long a Sentinel or Cluster command waits for a new master -------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "wait"),
+    [
+        pytest.param("redis+sentinel://s1:26379/mymaster/0", 5.0, id="sentinel-default"),
+        pytest.param("redis+sentinel://s1:26379/mymaster/0?failover_wait=2.5", 2.5, id="sentinel-given"),
+        pytest.param("redis+sentinel://s1:26379/mymaster/0?failover_wait=0", 0.0, id="sentinel-off"),
+        pytest.param("redis+cluster://h1:7000,h2:7001", 5.0, id="cluster-default"),
+        pytest.param("redis+cluster://h1:7000,h2:7001?failover_wait=10", 10.0, id="cluster-given"),
+    ],
+)
+def test_failover_wait_is_read_from_sentinel_and_cluster_urls(url: str, wait: float) -> None:
+    b: Any = open_backend(url, key_prefix="p:")
+    assert b.config.failover_wait == wait and b.failover_wait == wait
+    b.close()
+
+    async def twin() -> None:
+        ab: Any = open_async_backend(url, key_prefix="p:")
+        assert ab.failover_wait == wait
+        await ab.aclose()
+
+    asyncio.run(twin())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?failover_wait=5",
+        "rediss://127.0.0.1:6380/0?failover_wait=5",
+        "unix:///run/redis.sock?failover_wait=5",
+    ],
+)
+def test_failover_wait_on_one_server_is_an_error_naming_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="failover_wait is for redis\\+sentinel:// and redis\\+cluster://") as info:
+        open_backend(url, key_prefix="p:")
+    assert info.value.option == "failover_wait"
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "", "inf", "nan"])
+@pytest.mark.parametrize("scheme", ["redis+sentinel://s1:26379/mymaster", "redis+cluster://h1:7000"])
+def test_a_bad_failover_wait_is_an_error_naming_it(scheme: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"failover_wait={value!r} is not valid") as info:
+        open_backend(f"{scheme}?failover_wait={value}", key_prefix="p:")
+    assert info.value.option == "failover_wait"
+
+
+def test_failover_wait_never_exceeds_the_lock_timeout_it_is_capped_to() -> None:
+    b: Any = open_backend("redis+sentinel://s1:26379/mymaster?failover_wait=30", key_prefix="p:")
+    b.cap_failover_wait(120.0)  # the default lock_timeout: the URL's wait stands
+    assert b.failover_wait == 30.0
+    b.cap_failover_wait(2.0)
+    assert b.failover_wait == 2.0
+    b.close()
+
+
+def test_the_wait_sleeps_with_back_off_and_never_past_its_deadline() -> None:
+    now = [100.0]
+    backoff = UntilDeadline(101.0, clock=lambda: now[0])
+    pauses = [backoff.compute(n) for n in range(1, 8)]
+    assert all(0 < p <= 0.5 for p in pauses) and pauses[0] <= 0.1, pauses  # 50 ms doubling, at most 0.5 s
+    now[0] = 100.9
+    assert backoff.compute(8) <= 0.1 + 1e-9 and not backoff.late()
+    now[0] = 101.0
+    assert backoff.compute(9) == 0.0 and backoff.late()

@@ -9,6 +9,7 @@ URLs and their options: see ``config.py``. A file is one responsibility:
 - ``ops.py``: each primitive as one round trip, the command(s) and the reader of the reply;
 - ``config.py``: a URL read into a :class:`~.config.ClientConfig`;
 - ``client.py``: the lazily built client, redis-py's errors, the eviction-policy check;
+- ``failover.py``: which errors mean a failover under way, and the bounded back-off that waits it out;
 - ``figures.py``: the figures of ``stats`` and the maxmemory policy;
 - ``forks.py``: the connections a forked child must drop;
 - ``_async.py`` (:class:`AsyncRedisBackend`: primitives and administration) and ``_async_runners.py``

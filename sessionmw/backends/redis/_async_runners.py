@@ -138,6 +138,17 @@ class Pooled:
         """Load a script's source (on every primary of a Cluster)."""
         await self._client.script_load(script)
 
+    async def forget_idle(self) -> None:
+        """After a failed command: close the pool's idle connections, which most likely lead to a dead master.
+
+        A new Sentinel connection asks the sentinels where the master is; a Cluster client drops and
+        reloads its nodes on a failure itself.
+        """
+        client = self._client
+        if isinstance(client, aredis.Redis):
+            with contextlib.suppress(Exception):  # unasync: unwrap
+                await client.connection_pool.disconnect(inuse_connections=False)
+
 
 def connect(config: ClientConfig) -> tuple[Client, list[Any]]:
     """Build the client of ``config`` and the list of clients to close with it."""

@@ -10,8 +10,10 @@ rules; ``_loop.py`` holds what only asyncio needs). Edit the asyncio files, then
 Every primitive is one round trip (ops.py builds it; keys.py has the key layout and the per-user
 index), but for the index's own updates: a ``delete`` of a session with a user, and a ``save`` that
 changes the user, add one; a ``create`` with a user pipelines its SADD. redis-py's own retries are
-off (the core decides about waiting), so a server that is down answers at once with
-:class:`~sessionmw.core.errors.BackendUnavailable`; connections are made anew when it is back.
+off (the core decides about waiting for a lock), so a server that is down answers at once with
+:class:`~sessionmw.core.errors.BackendUnavailable`; connections are made anew when it is back. Behind
+Sentinel or Cluster, a command that fails as a failover makes it fail is sent again, with back-off,
+for up to ``failover_wait`` seconds (``failover.py``), so that a new master's promotion is a delay.
 
 On one server (not Sentinel or Cluster, and without ``max_connections``) the primitives run on
 connections of the backend's own (the runners' ``Connections``), skipping the per-command
@@ -20,17 +22,21 @@ bookkeeping of redis-py's pool; the administration side uses the client and its 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis as redis_py
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
+from ...core.errors import BackendUnavailable
 from ..base import Record, Touch
 from . import ops
 from ._sync_runners import Client, Connections, Pooled, connect
 from .client import ERRORS, NoScriptError, RedisBase
 from .config import ClientConfig
+from .failover import FAILOVER_ERRORS, Attempt, Failover, UntilDeadline, is_failover
 from .figures import figures
 from .keys import Keys
 from .wire import Arg
@@ -58,6 +64,8 @@ class RedisBackend:
         #: What runs the primitives' commands: built with the client (see :meth:`_connect`).
         self._runner: Connections | Pooled | None = None
         self._timeout: float | None = config.kwargs.get("socket_timeout")
+        #: Seconds a failing command is sent again while a new master is promoted (0: not at all).
+        self.failover_wait = config.failover_wait
 
     def _connect(self) -> tuple[Client, list[Any]]:
         client, closing = connect(self.config)
@@ -86,9 +94,17 @@ class RedisBackend:
         """The redis-py client, built on first use (for administration and tests)."""
         return self._base.connected()
 
+    def cap_failover_wait(self, lock_timeout: float) -> None:
+        """Never wait for a new master longer than ``lock_timeout``, the middleware's setting the URL cannot see."""
+        self.failover_wait = min(self.failover_wait, max(0.0, lock_timeout))
+
     def _run(self, op: ops.Op[T]) -> T:
-        """Run one op in one round trip, and read it."""
-        return op.parse(self._send((op.command,), op.script))
+        """Run one op in one round trip (more while waiting out a failover: the op is safe to repeat), and read it."""
+        try:
+            reply = self._send((op.command,), op.script)
+        except Failover as failed:
+            reply = self._again(failed, lambda: self._attempt((op.command,), op.script))
+        return op.parse(reply)
 
     def _send(self, commands: tuple[tuple[Arg, ...], ...], script: str | None) -> Any:
         """Send commands in one round trip (loading ``script`` if the server lost it); the raw reply."""
@@ -105,10 +121,52 @@ class RedisBackend:
                 runner.load_script(script)  # a new or flushed server: load the script, then once more
                 reply = runner.run(*commands)
         except ERRORS as exc:
-            raise base.unavailable(exc) from exc
+            raise self._failed(exc) from exc
         if base.policy_pending:
             self._check_policy()
         return reply
+
+    def _failed(self, exc: Exception) -> BackendUnavailable:
+        """The error for a command that failed: a :class:`.failover.Failover` when a new master may be on its way."""
+        unavailable = self._base.unavailable(exc)
+        wait = self.failover_wait
+        if wait and is_failover(exc):
+            return Failover(unavailable, time.monotonic() + wait, wait)
+        return unavailable
+
+    def _attempt(self, commands: tuple[tuple[Arg, ...], ...], script: str | None) -> Any:
+        """Send commands once more (loading ``script`` if the server lost it); redis-py's errors as raised."""
+        runner = self._runner_here()
+        try:
+            return runner.run(*commands)
+        except NoScriptError:
+            if script is None:
+                raise
+            runner.load_script(script)  # a promoted replica has the scripts, a new Cluster node may not
+            return runner.run(*commands)
+
+    def _again(self, failed: Failover, attempt: Attempt) -> Any:
+        """Call ``attempt`` with back-off until it succeeds or ``failed``'s deadline has passed (failover.py).
+
+        redis-py's ``Retry`` runs the loop and sleeps; each failure first drops the pool's idle
+        connections (they lead to the dead master), so the next attempt connects anew: Sentinel's
+        connections ask the sentinels for the master then, and a Cluster client reloads its slots.
+        """
+        backoff = UntilDeadline(failed.deadline)
+
+        def give_up_if_late(error: Exception) -> None:
+            runner = self._runner
+            if isinstance(runner, Pooled):
+                runner.forget_idle()
+            if backoff.late():
+                raise error
+
+        try:
+            return Retry(backoff, -1, FAILOVER_ERRORS).call_with_retry(attempt, give_up_if_late, is_failover)
+        except ERRORS as exc:
+            if is_failover(exc):
+                raise self._base.gave_up(exc, failed.wait) from exc
+            raise self._base.unavailable(exc) from exc
 
     def _check_policy(self) -> None:
         """Ask once for the eviction policy (see :meth:`.client.RedisBase.policy_result`)."""
@@ -119,27 +177,42 @@ class RedisBackend:
             base.policy_result(None, exc)
 
     def _run_all(self, todo: Sequence[ops.Op[Any]]) -> list[Any]:
-        """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded."""
+        """Run ops in one pipeline (one round trip per node), each parsed; a script the server lost is loaded.
+
+        Every op given here is safe to repeat (reads, SADD, SREM, the gc script): a failover is waited out.
+        """
         if not todo:
             return []
-        client = self._client_here()
         try:
-            pipe = client.pipeline(transaction=False)
-            for op in todo:
-                pipe.execute_command(*op.command)
-            replies = pipe.execute(raise_on_error=False)
-            loaded: set[str] = set()
-            for i, (op, reply) in enumerate(zip(todo, replies, strict=True)):
-                if isinstance(reply, NoScriptError) and op.script is not None:
-                    if op.script not in loaded:
-                        client.script_load(op.script)
-                        loaded.add(op.script)
-                    replies[i] = client.execute_command(*op.command)  # type: ignore[no-untyped-call, unused-ignore]
-                elif isinstance(reply, Exception):
-                    raise reply
-        except ERRORS as exc:
-            raise self._base.unavailable(exc) from exc
+            replies = self._pipelined(todo)
+        except Failover as failed:
+            replies = self._again(failed, lambda: self._pipeline(todo))
         return [op.parse(reply) for op, reply in zip(todo, replies, strict=True)]
+
+    def _pipelined(self, todo: Sequence[ops.Op[Any]]) -> list[Any]:
+        """:meth:`_pipeline`, its errors raised as :class:`BackendUnavailable` (see :meth:`_failed`)."""
+        try:
+            return self._pipeline(todo)
+        except ERRORS as exc:
+            raise self._failed(exc) from exc
+
+    def _pipeline(self, todo: Sequence[ops.Op[Any]]) -> list[Any]:
+        """Send ops in one pipeline and return the raw replies; a script the server lost is loaded."""
+        client = self._client_here()
+        pipe = client.pipeline(transaction=False)
+        for op in todo:
+            pipe.execute_command(*op.command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        loaded: set[str] = set()
+        for i, (op, reply) in enumerate(zip(todo, replies, strict=True)):
+            if isinstance(reply, NoScriptError) and op.script is not None:
+                if op.script not in loaded:
+                    client.script_load(op.script)
+                    loaded.add(op.script)
+                replies[i] = client.execute_command(*op.command)  # type: ignore[no-untyped-call, unused-ignore]
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _scan(self, pattern: str, kind: str) -> Iterator[list[str]]:
         """SCAN keys of one type matching ``pattern`` (every primary in Cluster), in batches."""
@@ -161,7 +234,11 @@ class RedisBackend:
     def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
         """Try once to lock ``sid``; when taken, return its record too (one round trip)."""
         batch = ops.lock_and_load(self._base.keys, sid, token, expire)
-        return batch.parse(self._send(batch.commands, None))  # one call less on the hot path
+        try:
+            return batch.parse(self._send(batch.commands, None))  # one call less on the hot path
+        except Failover as failed:  # the lock may be ours already: ask for it with a variant that says so
+            again = ops.lock_and_load_again(self._base.keys, sid, token, expire)
+            return again.parse(self._again(failed, lambda: self._attempt(again.commands, None)))
 
     def probe(self) -> None:
         """Reach the server once: a PING, then the eviction-policy check (a warning when Redis may drop
@@ -171,29 +248,37 @@ class RedisBackend:
     def load(self, sid: str) -> Record | None:
         """Return the record of ``sid`` without locking (one GET)."""
         op = ops.load(self._base.keys, sid)
-        return op.parse(self._send((op.command,), None))  # _run, inlined: the read-only hot path
+        try:
+            return op.parse(self._send((op.command,), None))  # _run, inlined: the read-only hot path
+        except Failover as failed:
+            return op.parse(self._again(failed, lambda: self._attempt((op.command,), None)))
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
         """Store a new session if ``sid`` is unused."""
         keys = self._base.keys
+        user = record.user_id
         op = ops.create(keys, sid, record, ttl)
-        if record.user_id is None:
-            return self._run(op)
-        if self._ordered:
-            # One connection keeps the SET before the SADD, so the SADD rides in the same round trip; if
-            # the SET loses (sid in use), the stray member names a session that user_sessions() removes.
-            replies = self._run_all((op, ops.index_add(keys, sid, record.user_id)))
-            stored: bool = replies[0]
-            return stored
-        stored = self._run(op)  # Cluster: another node, and a member must never precede its session
-        if stored:
-            self._run(ops.index_add(keys, sid, record.user_id))
+        try:
+            if user is not None and self._ordered:
+                # One connection keeps the SET before the SADD, so the SADD rides in the same round trip; if
+                # the SET loses (sid in use), the stray member names a session that user_sessions() removes.
+                return op.parse((self._pipelined((op, ops.index_add(keys, sid, user))))[0])
+            stored = op.parse(self._send((op.command,), None))
+        except Failover as failed:  # the SET NX may have run: a variant that knows its own record
+            again = ops.create_again(keys, sid, record, ttl)
+            stored = again.parse(self._again(failed, lambda: self._attempt(again.commands, None)))
+        if stored and user is not None:  # Cluster: another node, and a member must never precede its session
+            self._run(ops.index_add(keys, sid, user))  # (after a failover, again: SADD is idempotent)
         return stored
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """Store ``record`` and release the lock, if ``token`` still holds it."""
         op = ops.save(self._base.keys, sid, record, token, ttl)
-        saved, then = op.parse(self._send((op.command,), op.script))  # _run, inlined: the hot path
+        try:
+            reply = self._send((op.command,), op.script)  # _run, inlined: the hot path
+        except Failover as failed:  # safe to repeat: the script knows its own record (scripts.py)
+            reply = self._again(failed, lambda: self._attempt((op.command,), op.script))
+        saved, then = op.parse(reply)
         if then:
             self._run_all(then)
         return saved
@@ -201,7 +286,10 @@ class RedisBackend:
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, touching the record first."""
         op = ops.release(self._base.keys, sid, token, touch)
-        return op.parse(self._send((op.command,), op.script))  # _run, inlined: the hot path
+        try:
+            return op.parse(self._send((op.command,), op.script))  # _run, inlined: the hot path
+        except Failover as failed:  # repeated: the lock is gone either way, and a touch applies once
+            return op.parse(self._again(failed, lambda: self._attempt((op.command,), op.script)))
 
     def touch(self, sid: str, touch: Touch) -> None:
         """Refresh last access (the metadata line, server-side) without sending the data."""

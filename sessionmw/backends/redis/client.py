@@ -75,6 +75,15 @@ class RedisBase(Generic[ClientT]):
             cause = f"authentication failed ({cause}); the URL carries the password: redis://:PASSWORD@host:6379/0"
         return BackendUnavailable(f"redis backend {self.name} is unavailable: {cause}", backend=self.name)
 
+    def gave_up(self, exc: BaseException, wait: float) -> BackendUnavailable:
+        """The :class:`BackendUnavailable` for a master that no failover replaced within ``failover_wait``."""
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return BackendUnavailable(
+            f"redis backend {self.name} is unavailable: no master answered within failover_wait={wait:g} s "
+            f"(last error: {cause})",
+            backend=self.name,
+        )
+
     def timed_out(self, seconds: float | None) -> BackendUnavailable:
         """The :class:`BackendUnavailable` for a round trip that outlived the socket timeout."""
         return BackendUnavailable(

@@ -9,16 +9,19 @@ Rules of this module: no I/O. URLs::
 
 Options (query string): ``connect_timeout`` and ``socket_timeout`` (seconds, default 2),
 ``max_connections``, ``health_check_interval``, ``db``, ``ssl`` and ``ssl_ca_certs``, ``ssl_certfile``,
-``ssl_keyfile``, ``ssl_cert_reqs`` (TLS), ``sentinel_password`` (Sentinel).
+``ssl_keyfile``, ``ssl_cert_reqs`` (TLS), ``sentinel_password`` (Sentinel), ``failover_wait`` (Sentinel
+and Cluster: seconds a command waits for a new master, default 5; 0 answers at once; see
+``failover.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ...core.errors import ConfigError
 from .._url import BackendURL, boolean, positive_float, positive_int
+from .failover import DEFAULT_WAIT, seconds
 
 __all__ = ["ClientConfig", "client_config"]
 
@@ -39,8 +42,12 @@ class ClientConfig:
     service: str = ""
     #: Options of the connections to the sentinels themselves.
     sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: How often a command is retried after a connection error (Cluster: once, to follow a failover).
+    #: How often redis-py itself retries a command after a connection error: never, but on a Cluster
+    #: without ``failover_wait``, once (to follow a slot's move). The backend's own waiting is below.
     retries: int = 0
+    #: Seconds a failing command is tried again while Sentinel or Cluster replaces a dead master
+    #: (``failover_wait``; 0 for one server, which has no replica to promote).
+    failover_wait: float = 0.0
 
     @property
     def own_connections(self) -> bool:
@@ -93,6 +100,14 @@ def client_config(url: BackendURL, key_prefix: str) -> ClientConfig:
     if url.password is not None:
         auth["password"] = url.password
     db_option: int | None = url.take("db", _nonnegative_int, None)
+    wait: float | None = url.take("failover_wait", seconds, None)
+    if wait is not None and scheme not in ("redis+sentinel", "redis+cluster"):
+        raise ConfigError(
+            f"backend URL option failover_wait is for redis+sentinel:// and redis+cluster:// only; {scheme}:// "
+            "is one server, with no replica to wait for",
+            option="failover_wait",
+        )
+    wait = DEFAULT_WAIT if wait is None else wait
 
     if scheme in ("unix", "redis+unix"):
         if not url.path or url.path == "/":
@@ -113,9 +128,14 @@ def client_config(url: BackendURL, key_prefix: str) -> ClientConfig:
         kwargs = {"host": host or "localhost", "port": port or 6379, "db": db, **common, **auth, **tls}
         return ClientConfig("standalone", kwargs)
     if scheme == "redis+sentinel":
-        return _sentinel(url, db_option, common, {**common, **auth, **tls}, tls)
+        return replace(_sentinel(url, db_option, common, {**common, **auth, **tls}, tls), failover_wait=wait)
     if scheme == "redis+cluster":
-        return _cluster(url, key_prefix, db_option, {**common, **auth, **tls})
+        # Waiting, the backend sends a command again itself (and only if that is safe: failover.py).
+        return replace(
+            _cluster(url, key_prefix, db_option, {**common, **auth, **tls}),
+            failover_wait=wait,
+            retries=0 if wait else 1,
+        )
     raise _bad(url, f"scheme {scheme!r} is not a Redis scheme")
 
 

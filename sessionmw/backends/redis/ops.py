@@ -40,6 +40,7 @@ __all__ = [
     "FollowUps",
     "Op",
     "create",
+    "create_again",
     "delete",
     "exists",
     "extend",
@@ -48,6 +49,7 @@ __all__ = [
     "index_remove",
     "load",
     "lock_and_load",
+    "lock_and_load_again",
     "members",
     "pick_user_sessions",
     "ping",
@@ -114,6 +116,24 @@ def lock_and_load(keys: Keys, sid: str, token: str, expire: float) -> Batch[tupl
     return Batch((("SET", lock, token.encode(), b"NX", b"PX", ms(expire)), ("GET", data)), _locked)
 
 
+def lock_and_load_again(keys: Keys, sid: str, token: str, expire: float) -> Batch[tuple[bool, Record | None]]:
+    """:func:`lock_and_load` sent again after a lost reply: the lock counts as taken if it holds ``token``.
+
+    The first SET NX may have run (on the old master, and been replicated), so the lock may already
+    be this request's own: plain SET NX would read that as another holder's and wait for it.
+    """
+    data = keys.data(sid).encode()
+    lock = data + LOCK_SUFFIX_BYTES
+    mine = token.encode()
+
+    def parse(replies: list[Any]) -> tuple[bool, Record | None]:
+        if replies[1] != mine:
+            return False, None
+        return True, decode(replies[2])
+
+    return Batch((("SET", lock, mine, b"NX", b"PX", ms(expire)), ("GET", lock), ("GET", data)), parse)
+
+
 def ping() -> Op[bool]:
     """PING: is the server there."""
     return Op(("PING",), None, flag)
@@ -131,16 +151,37 @@ def create(keys: Keys, sid: str, record: Record, ttl: float | None) -> Op[bool]:
     return Op(("SET", keys.data(sid), encode(record), "NX", "PX", ms(ttl)), None, flag)
 
 
+def create_again(keys: Keys, sid: str, record: Record, ttl: float | None) -> Batch[bool]:
+    """:func:`create` sent again after a lost reply: stored if the key is unused, or holds this very record.
+
+    The first SET NX may have run; plain SET NX would then call the id taken, and the caller would
+    store the session again under another id, leaving this one behind.
+    """
+    data = keys.data(sid)
+    value = encode(record)
+    set_nx: tuple[Arg, ...] = ("SET", data, value, "NX") if ttl is None else ("SET", data, value, "NX", "PX", ms(ttl))
+
+    def parse(replies: list[Any]) -> bool:
+        return bool(replies[0]) or replies[1] == value
+
+    return Batch((set_nx, ("GET", data)), parse)
+
+
 def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) -> Op[tuple[bool, FollowUps]]:
     """If the token holds the lock: write the record over an existing one and delete the lock.
 
     Reads as ``(saved, follow_ups)``: the index updates to run when the script saw the user change.
+    Safe to send again after a lost reply: the script answers 2 when it finds its own record written,
+    and the follow-up is then the SADD of the record's user (idempotent; a stale member in a former
+    user's set is dropped by ``user_sessions`` and ``gc``).
     """
     data = keys.data(sid).encode()
     lock = data + LOCK_SUFFIX_BYTES
 
     def parse(reply: Any) -> tuple[bool, FollowUps]:
         if type(reply) is int:
+            if reply == 2:
+                return True, _NONE if record.user_id is None else (index_add(keys, sid, record.user_id),)
             return reply == 1, _NONE
         return True, reindex(keys, sid, head_user(reply), record.user_id)
 

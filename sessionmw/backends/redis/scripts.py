@@ -104,7 +104,10 @@ end
 
 # KEYS[1] data, KEYS[2] lock; ARGV[1] the TTL in ms ('-': none), ARGV[2] the token, ARGV[3] the record's
 # user id as its metadata line has it (JSON text), ARGV[4] the record.
-# Returns 0 (and writes nothing) when another token holds the lock. Else deletes the lock and returns 0
+# Returns 0 (and writes nothing) when another token holds the lock, or none does; but 2 when the record
+# stored is already this very record: a save sent again after its reply was lost (a failover) wrote it
+# the first time, and deleted the lock then (byte-equal records: the same data, times and version, so
+# a later writer's record never matches). Else deletes the lock and returns 0
 # when the session was deleted meanwhile (SET XX: an ended session is never resurrected), 1 when the
 # record was written over one of the same user, and the overwritten record's metadata line when the
 # user changed (the caller then moves the sid between index sets: another slot in Cluster).
@@ -113,7 +116,10 @@ end
 SAVE = (
     _HEAD_FN
     + """
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  if redis.call('GET', KEYS[1]) == ARGV[4] then return 2 end
+  return 0
+end
 local old
 if ARGV[1] == '-' then
   old = redis.call('SET', KEYS[1], ARGV[4], 'XX', 'GET')
