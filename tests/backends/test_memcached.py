@@ -20,7 +20,6 @@ from sessionmw.backends.memcached import (
     DEFAULT_ITEM_SIZE_MAX,
     INDEX_PRUNE_AT,
     MAX_RELATIVE_EXPTIME,
-    RELEASED_MARKER,
     MemcachedBackend,
     _DumpRefused,
     exptime,
@@ -72,16 +71,24 @@ def test_url_default_port_and_options() -> None:
     assert (b.connect_timeout, b.timeout) == (0.5, 0.25)
     b.close()
     two = open_backend("memcached://127.0.0.1:11211,127.0.0.1:11212")
+    assert isinstance(two, MemcachedBackend)
     assert two.name == "memcached://127.0.0.1:11211,127.0.0.1:11212"
+    assert (two.replicas, two.fail_limit, two.retry_after) == (1, 2, 5.0)
     two.close()
+    three = open_backend("memcached://a:1,b:1,c:1?replicas=2&fail_limit=1&retry_after=0.5")
+    assert isinstance(three, MemcachedBackend)
+    assert (three.replicas, three.fail_limit, three.retry_after) == (2, 1, 0.5)
+    three.close()
 
 
 @pytest.mark.parametrize(
     ("url", "option", "words"),
     [
         pytest.param(
-            "memcached://127.0.0.1:11211?replicas=2", "replicas", "replicas>1 is not supported yet", id="replicas"
+            "memcached://127.0.0.1:11211?replicas=2", "replicas", "replicas=2, but the URL names 1 server", id="replicas"
         ),
+        pytest.param("memcached://a:1,b:1?fail_limit=0", "fail_limit", "fail_limit", id="fail_limit"),
+        pytest.param("memcached://a:1,b:1?retry_after=x", "retry_after", "retry_after", id="retry_after"),
         pytest.param("memcached://127.0.0.1?timeout=0", "timeout", "timeout", id="zero-timeout"),
         pytest.param("memcached://127.0.0.1?conect_timeout=1", "conect_timeout", "did you mean", id="unknown"),
         pytest.param("memcached://127.0.0.1:1,127.0.0.1:1", "backend", "listed twice", id="duplicate"),
@@ -374,73 +381,29 @@ def test_release_deletes_the_lock_and_a_stale_release_does_not(backend: Memcache
     assert backend.release(sid, t2, None)
 
 
-def test_release_without_meta_delete_leaves_an_expired_marker(backend: MemcachedBackend) -> None:
-    """The fallback for memcached < 1.6: the lock becomes an expired marker, taken over at once."""
-    sid = new_session_id()
-    node, _, lock_key = backend._locate(sid)
-    backend._learn(node)
-    node.meta_delete = False
-    backend.create(sid, rec(), ttl=60)
-    t1 = new_lock_token()
-    assert backend.lock_and_load(sid, t1, 30)[0]
-    assert backend.save(sid, rec(b'{"v":1}'), t1, ttl=60)
-    assert node.client.get(lock_key) == RELEASED_MARKER
-    assert not backend.release(sid, t1, None)
-    t2 = new_lock_token()
-    locked, got = backend.lock_and_load(sid, t2, 30)
-    assert locked and got is not None and got.data == b'{"v":1}'
-    assert backend.lock_and_load(sid, new_lock_token(), 30)[0] is False
-    assert backend.release(sid, t2, None)
-
-
-def test_save_close_to_the_deadline_pushes_it_out_first(backend: MemcachedBackend) -> None:
-    sid = new_session_id()
-    node, _, lock_key = backend._locate(sid)
-    backend.create(sid, rec(), ttl=60)
-    token = new_lock_token()
-    assert backend.lock_and_load(sid, token, 0.5)[0]  # within the write margin (timeout + 0.5 s)
-    calls: list[tuple[Any, ...]] = []
-    real_cas = node.client.cas
-
-    def cas(*args: Any, **kw: Any) -> Any:
-        calls.append(args)
-        return real_cas(*args, **kw)
-
-    node.client.cas = cas
-    try:
-        assert backend.save(sid, rec(b'{"v":1}'), token, ttl=60)
-    finally:
-        del node.client.cas
-    assert calls and calls[0][0] == lock_key, "the deadline was pushed out with cas before the write"
-    got = backend.load(sid)
-    assert got is not None and got.data == b'{"v":1}'
-    assert backend.lock_and_load(sid, new_lock_token(), 30)[0]
-
-
 def test_touch_does_not_undo_a_concurrent_save(backend: MemcachedBackend, memcached_url: str, key_prefix: str) -> None:
     sid = new_session_id()
     backend.create(sid, rec(b'{"v":0}'), ttl=60)
     writer = open_backend(memcached_url, key_prefix=key_prefix)
-    node, data_key, _ = backend._locate(sid)
-    real_gets = node.client.gets
+    real_read = backend._read_copies
     interfered: list[bool] = []
 
-    def gets(key: Any, *args: Any, **kw: Any) -> Any:
-        result = real_gets(key, *args, **kw)
-        if key == data_key and not interfered:
-            # between touch's gets and its cas, another request saves new data
+    def read_copies(*args: Any) -> Any:
+        result = real_read(*args)
+        if not interfered:
+            # between touch's read and its write, another request saves new data
             interfered.append(True)
             token = new_lock_token()
             assert writer.lock_and_load(sid, token, 30)[0]
             assert writer.save(sid, rec(b'{"v":"saved"}'), token, ttl=60)
         return result
 
-    node.client.gets = gets
+    backend._read_copies = read_copies  # type: ignore[method-assign]
     later = time.time() + 100
     try:
         backend.touch(sid, Touch(last_access=later, last_ip="10.1.2.3", expires=None, ttl=60))
     finally:
-        del node.client.gets
+        del backend._read_copies
         writer.close()
     assert interfered
     got = backend.load(sid)
@@ -494,7 +457,7 @@ def two_servers(
 
 
 def _server_of(b: MemcachedBackend, key: str) -> int:
-    return b._node_for(key).address[1]
+    return b._order(key)[0].address[1]
 
 
 def _index_sids(b: MemcachedBackend, user_id: str | int) -> list[str]:
@@ -735,7 +698,8 @@ def test_gc_keeps_a_session_refreshed_while_it_ran(backend: MemcachedBackend) ->
 def test_stats_sums_the_servers(two_servers: tuple[MemcachedBackend, list[int]]) -> None:
     b, _ = two_servers
     stats = b.stats()
-    assert set(stats) == {"evictions", "curr_items", "bytes", "limit_maxbytes"}
+    assert set(stats) == {"evictions", "curr_items", "bytes", "limit_maxbytes", "servers", "servers_down", "replicas"}
+    assert (stats["servers"], stats["servers_down"], stats["replicas"]) == (2, 0, 1)
     assert stats["limit_maxbytes"] == 2 * 64 * 1024 * 1024
     per_server = b.server_stats().values()
     assert stats["curr_items"] >= 0 and stats["bytes"] >= 0

@@ -61,14 +61,14 @@ from .enumeration import _DumpRefused as _DumpRefused
 from .index import INDEX_PRUNE_AT as INDEX_PRUNE_AT
 from .placement import DEFAULT_ITEM_SIZE_MAX as DEFAULT_ITEM_SIZE_MAX
 from .values import MAX_RELATIVE_EXPTIME as MAX_RELATIVE_EXPTIME
-from .values import RELEASED_MARKER as RELEASED_MARKER
+from .values import TOMBSTONE as TOMBSTONE
 from .values import exptime as exptime
 
 __all__ = [
     "DEFAULT_ITEM_SIZE_MAX",
     "INDEX_PRUNE_AT",
     "MAX_RELATIVE_EXPTIME",
-    "RELEASED_MARKER",
+    "TOMBSTONE",
     "MemcachedBackend",
     "exptime",
     "from_url",

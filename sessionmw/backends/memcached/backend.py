@@ -6,26 +6,40 @@ See the package's notes (:mod:`sessionmw.backends.memcached`) for why each is sh
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
-from pymemcache.client.rendezvous import RendezvousHash
-
-from ...core.errors import ConfigError, RecordTooLarge
+from ...core.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from ..base import Record, Touch, encode_record
 from . import keys
 from .enumeration import Enumeration
 from .index import UserIndex
+from .meta import Reply, md, mg, ms
 from .placement import Node, close_clients, make_nodes
-from .values import batches, decode, exptime, lock_value, now_ms, parse_lock
+from .values import TOMBSTONE, exptime, lock_value, now_ms, parse_lock, version_of
 
-__all__ = ["LOCK_ATTEMPTS", "STATS_FIGURES", "SUMMED_FIGURES", "TOUCH_ATTEMPTS", "MemcachedBackend"]
+__all__ = [
+    "DEFAULT_FAIL_LIMIT",
+    "DEFAULT_RETRY_AFTER",
+    "LOCK_ATTEMPTS",
+    "STATS_FIGURES",
+    "SUMMED_FIGURES",
+    "TOUCH_ATTEMPTS",
+    "MemcachedBackend",
+]
 
 logger = logging.getLogger("sessionmw")
 
 TOUCH_ATTEMPTS = 5
 LOCK_ATTEMPTS = 3
+#: Failed calls in a row after which a server is ejected (with several servers).
+DEFAULT_FAIL_LIMIT = 2
+#: Seconds an ejected server gets no call before it is tried again.
+DEFAULT_RETRY_AFTER = 5.0
+#: Holds kept before the ones past their lock's deadline are dropped (a request that never ended).
+HOLDS_PRUNE_AT = 4096
 #: Figures of ``stats`` that :meth:`MemcachedBackend.stats` sums over the servers.
 SUMMED_FIGURES = ("evictions", "curr_items", "bytes", "limit_maxbytes")
 #: Figures of ``stats`` that :meth:`MemcachedBackend.server_stats` reports.
@@ -42,13 +56,30 @@ STATS_FIGURES = (
 )
 
 
+@dataclass(slots=True)
+class Hold:
+    """What a lock holder read: where its lock is, and each copy's CAS, so its write is fenced by them."""
+
+    lock_node: Node
+    lock_cas: bytes
+    deadline_ms: int
+    #: The data CAS of each server read under the lock (``None``: that server had no copy).
+    copies: dict[Node, bytes | None]
+    #: The freshest record read, and its version (-1 when there was none).
+    record: Record | None
+    version: int
+
+
 class MemcachedBackend(UserIndex, Enumeration):
-    """Sessions on memcached servers; each session (data and lock) on one server chosen by rendezvous hashing.
+    """Sessions on memcached servers, each on ``replicas`` servers of its rendezvous ranking, locked on the first.
 
     :param servers: ``(host, port)`` of every server.
     :param key_prefix: prepended to every key; ASCII without spaces or control characters.
     :param connect_timeout: seconds to wait for a connection.
     :param timeout: seconds to wait for an answer to one command.
+    :param replicas: how many servers hold each session (at most the number of servers).
+    :param fail_limit: failed calls in a row after which a server is ejected.
+    :param retry_after: seconds an ejected server gets no call.
     :param name: the backend's address for messages (default: built from ``servers``).
     """
 
@@ -59,201 +90,401 @@ class MemcachedBackend(UserIndex, Enumeration):
         key_prefix: str = "sessmw:",
         connect_timeout: float = 2.0,
         timeout: float = 2.0,
+        replicas: int = 1,
+        fail_limit: int = DEFAULT_FAIL_LIMIT,
+        retry_after: float = DEFAULT_RETRY_AFTER,
         name: str | None = None,
     ) -> None:
         if not servers:
             raise ConfigError("memcached backend needs at least one server: memcached://host:11211", option="backend")
+        if not 1 <= replicas <= len(servers):
+            raise ConfigError(
+                f"memcached backend: replicas={replicas}, but there are {len(servers)} servers; "
+                f"use 1 to {len(servers)}",
+                option="replicas",
+            )
         keys.check_key_prefix(key_prefix)
         self.key_prefix = key_prefix
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self._nodes = make_nodes(servers, connect_timeout, timeout)
+        self.replicas = replicas
+        self.fail_limit = fail_limit
+        self.retry_after = retry_after
+        self._init_servers(make_nodes(servers, connect_timeout, timeout))
         self.name = name or "memcached://" + ",".join(self._nodes)
-        self._only = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
-        self._ring = RendezvousHash(nodes=list(self._nodes))
-        # A write this close to the lock's deadline first pushes the deadline out (see the package's notes).
-        self._write_margin_ms = int((timeout + 0.5) * 1000)
+        self._holds: dict[str, Hold] = {}
         # pymemcache's sockets have no finalizer: close them when a backend is dropped without close().
         self._finalizer = weakref.finalize(self, close_clients, [n.client for n in self._nodes.values()])
 
+    # -- reading copies ------------------------------------------------------------------------
+
+    def _read_copies(self, order: Sequence[Node], key: str, copies: dict[Node, Reply]) -> dict[Node, Reply]:
+        """Add to ``copies`` the replies of ``mg`` on the next servers in service, up to ``replicas`` of them.
+
+        A server that fails is replaced by the next one of the list; raises when none answered at all.
+        """
+        tried: list[Node] = list(copies)
+        last: BackendUnavailable | None = None
+        while len(copies) < self.replicas:
+            nodes = self._live(order, self.replicas - len(copies), tried)
+            if not nodes:
+                break
+            for node in nodes:
+                tried.append(node)
+                try:
+                    copies[node] = self._meta(node, [mg(key, "v c t")])[0]
+                except BackendUnavailable as exc:
+                    last = exc
+        if not copies:
+            raise last if last is not None and len(self._nodes) == 1 else self._none_live(order, last)
+        return copies
+
+    @staticmethod
+    def _freshest(copies: dict[Node, Reply]) -> tuple[int, Record | None]:
+        """The highest ``(version, record)`` among ``copies`` (a tombstone wins, as no record)."""
+        best: tuple[int, Record | None] = (-1, None)
+        for reply in copies.values():
+            found = version_of(reply.value)
+            if found[0] > best[0]:
+                best = found
+        return best
+
     # -- the lock ------------------------------------------------------------------------------
 
-    def _our_lock(self, node: Node, lock_key: str, token: str) -> tuple[Any, int, int] | None:
-        """Return ``(cas, deadline_ms, now_ms)`` if ``token`` holds the lock and it has not expired, else ``None``."""
-        current, cas = self._run(node, node.client.gets, lock_key)
-        if current is None:
-            return None
-        held, deadline = parse_lock(current)
-        now = now_ms()
-        if held != token or deadline <= now:
-            return None
-        return cas, deadline, now
-
-    def _unlock_quietly(self, node: Node, lock_key: str, token: str) -> None:
+    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
+        """Try once to lock ``sid`` on its first server in service; when taken, return its freshest record."""
+        key = keys.data_key(self.key_prefix, sid)
+        lock = keys.lock_key(key)
+        order = self._order(key)
+        deadline = now_ms() + int(expire * 1000)
+        value = lock_value(token, deadline)
+        lock_exp = exptime(expire)
+        tried: list[Node] = []
+        last: BackendUnavailable | None = None
+        while True:
+            live = self._live(order, 1, tried)
+            if not live:
+                raise last if last is not None and len(self._nodes) == 1 else self._none_live(order, last)
+            node = live[0]
+            try:
+                taken = self._take_lock(node, key, lock, value, lock_exp)
+            except BackendUnavailable as exc:
+                tried.append(node)
+                last = exc
+                continue
+            break
+        if taken is None:
+            return False, None
+        lock_cas, first = taken
         try:
-            value, cas = self._run(node, node.client.gets, lock_key)
-            if value is not None and parse_lock(value)[0] == token:
-                self._checked_delete(node, lock_key, cas)
+            copies = self._read_copies(order, key, {node: first})
+        except BaseException:
+            self._unlock_quietly(node, lock, lock_cas)
+            raise
+        version, record = self._freshest(copies)
+        cas = {n: (r.cas if r.value is not None else None) for n, r in copies.items()}
+        self._hold(token, Hold(node, lock_cas, deadline, cas, record, version))
+        return True, record
+
+    def _take_lock(self, node: Node, key: str, lock: str, value: bytes, lock_exp: int) -> tuple[bytes, Reply] | None:
+        """Take the lock on ``node`` (adding it, or taking over one past its deadline); also read the copy there.
+
+        One round trip when the lock is free. Returns the lock's CAS and the copy's ``mg`` reply.
+        """
+        for _ in range(LOCK_ATTEMPTS):
+            added, held, data = self._meta(
+                node, [ms(lock, value, lock_exp, mode="E"), mg(lock, "v c"), mg(key, "v c t")]
+            )
+            if added.ok and added.cas is not None:
+                return added.cas, data
+            if held.value is None:
+                continue  # released in between: add again
+            if parse_lock(held.value)[1] > now_ms():
+                return None
+            # Past its deadline: take it over; the CAS lets only the first contender win.
+            took, data = self._meta(node, [ms(lock, value, lock_exp, cas=held.cas), mg(key, "v c t")])
+            if took.ok and took.cas is not None:
+                return took.cas, self._fence_previous(node, key, data)
+        return None
+
+    def _fence_previous(self, node: Node, key: str, data: Reply) -> Reply:
+        """After a takeover, raise the copy's version, so the previous holder's write finds it changed and drops."""
+        for _ in range(TOUCH_ATTEMPTS):
+            version, record = version_of(data.value)
+            if record is None or data.cas is None:
+                return data
+            blob = encode_record(record._replace(version=version + 1))
+            ttl = int(data.flags.get("t", b"-1"))
+            stored = self._meta(node, [ms(key, blob, 0 if ttl < 0 else ttl + 1, cas=data.cas)])[0]
+            if stored.ok:
+                return Reply(b"VA", {"c": stored.cas or b""}, blob)
+            data = self._meta(node, [mg(key, "v c t")])[0]  # the previous holder wrote just now: read it
+        return data
+
+    def _hold(self, token: str, hold: Hold) -> None:
+        holds = self._holds
+        if len(holds) >= HOLDS_PRUNE_AT:
+            stale = now_ms() - 60_000
+            for old in [t for t, h in list(holds.items()) if h.deadline_ms < stale]:
+                holds.pop(old, None)
+        holds[token] = hold
+
+    def _unlock_quietly(self, node: Node, lock: str, lock_cas: bytes) -> None:
+        try:
+            self._meta(node, [md(lock, lock_cas)])
         except Exception:
             pass  # best effort, while another error is on its way
 
-    def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
-        """Try once to lock ``sid`` (taking over a lock past its deadline); when taken, return its record."""
-        node, data_key, lock_key = self._locate(sid)
-        client = node.client
-        value = lock_value(token, now_ms() + int(expire * 1000))
-        lock_exp = exptime(expire)
-        for _ in range(LOCK_ATTEMPTS):
-            if self._run(node, client.add, lock_key, value, expire=lock_exp, noreply=False):
-                break
-            current, cas = self._run(node, client.gets, lock_key)
-            if current is None:
-                continue  # released in between: try add again
-            if parse_lock(current)[1] > now_ms():
-                return False, None
-            # Past its deadline: take it over. cas fails for every contender but the first.
-            if self._run(node, client.cas, lock_key, value, cas, expire=lock_exp, noreply=False):
-                break
-        else:
-            return False, None
-        try:
-            blob = self._run(node, client.get, data_key)
-        except BaseException:
-            self._unlock_quietly(node, lock_key, token)
-            raise
-        return True, decode(blob)
-
     def extend(self, sid: str, token: str, expire: float) -> bool:
         """Push the lock's deadline to ``expire`` seconds from now, if ``token`` still holds it."""
-        node, _, lock_key = self._locate(sid)
-        ours = self._our_lock(node, lock_key, token)
-        if ours is None:
+        hold = self._holds.get(token)
+        if hold is None:
             return False
-        cas, _, now = ours
-        value = lock_value(token, now + int(expire * 1000))
-        return self._run(node, node.client.cas, lock_key, value, cas, expire=exptime(expire), noreply=False) is True
+        lock = keys.lock_key(keys.data_key(self.key_prefix, sid))
+        deadline = now_ms() + int(expire * 1000)
+        value = lock_value(token, deadline)
+        stored = self._meta(hold.lock_node, [ms(lock, value, exptime(expire), cas=hold.lock_cas)])[0]
+        if not stored.ok or stored.cas is None:
+            return False
+        hold.lock_cas = stored.cas
+        hold.deadline_ms = deadline
+        return True
 
     # -- the other primitives ------------------------------------------------------------------
 
     def load(self, sid: str) -> Record | None:
-        """Return the record of ``sid`` without locking."""
-        node, data_key, _ = self._locate(sid)
-        return decode(self._run(node, node.client.get, data_key))
+        """Return the freshest record of ``sid`` among its servers in service, without locking."""
+        key = keys.data_key(self.key_prefix, sid)
+        return self._freshest(self._read_copies(self._order(key), key, {}))[1]
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
-        """Store a new session only if ``sid`` is unused (memcached ``add``)."""
-        node, data_key, _ = self._locate(sid)
+        """Store a new session on its ``replicas`` first servers in service, only if ``sid`` is unused (add)."""
+        key = keys.data_key(self.key_prefix, sid)
+        order = self._order(key)
         blob = encode_record(record)
-        self._check_size(node, data_key, blob)
+        targets = self._live(order, self.replicas)
+        if not targets:
+            raise self._none_live(order)
+        self._check_size(targets[0], key, blob)
         # Index first: a session must never exist unindexed (terminate_user would miss it).
         added = record.user_id is not None and self._index_add(record.user_id, sid)
-        stored = self._run(node, node.client.add, data_key, blob, expire=exptime(ttl), noreply=False, size=len(blob))
-        if not stored and added:
-            assert record.user_id is not None
-            self._index_remove(record.user_id, [sid], quiet=True)
-        return bool(stored)
-
-    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
-        """Store ``record`` and release the lock, only if ``token`` still holds the lock and the session exists.
-
-        A session deleted while the lock was held (terminated, gc) is not written again: ``False``, and
-        the lock is released.
-
-        A record too large for the server raises :class:`~sessionmw.errors.RecordTooLarge` after
-        releasing the lock (the caller no longer holds it once it has called ``save``).
-        """
-        node, data_key, lock_key = self._locate(sid)
-        blob = encode_record(record)
         try:
-            self._check_size(node, data_key, blob)
-        except RecordTooLarge:
-            self._unlock_quietly(node, lock_key, token)
+            # add on each server: an id in use anywhere is a conflict, and our copies are taken back
+            stored = self._write(order, key, blob, exptime(ttl), dict.fromkeys(targets), -1)
+        except BaseException:
+            if added:
+                assert record.user_id is not None
+                self._index_remove(record.user_id, [sid], quiet=True)
             raise
-        # Index first (before the lock checks, so the fencing margin covers only the write itself): a
-        # session must never exist unindexed. An entry added for nothing is taken back.
-        added = False
-        if record.user_id is not None:
-            try:
-                added = self._index_add(record.user_id, sid)
-            except BaseException:
-                self._unlock_quietly(node, lock_key, token)
-                raise
-        stored = self._write_locked(node, data_key, lock_key, blob, token, ttl)
         if not stored and added:
             assert record.user_id is not None
             self._index_remove(record.user_id, [sid], quiet=True)
         return stored
 
-    def _write_locked(
-        self, node: Node, data_key: str, lock_key: str, blob: bytes, token: str, ttl: float | None
-    ) -> bool:
-        """The fenced write of :meth:`save`: ``replace`` the record if ``token`` holds the lock, then release it."""
-        client = node.client
-        ours = self._our_lock(node, lock_key, token)
-        if ours is None:
-            return False
-        cas, deadline, now = ours
-        if deadline - now < self._write_margin_ms:
-            # Too close to the deadline: a contender could take over while our write is in flight.
-            margin = 2 * self._write_margin_ms
-            value = lock_value(token, now + margin)
-            if not self._run(node, client.cas, lock_key, value, cas, expire=exptime(margin / 1000), noreply=False):
-                return False
-            current, cas = self._run(node, client.gets, lock_key)
-            if current is None or parse_lock(current)[0] != token:
-                return False
+    def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
+        """Store ``record`` and release the lock, only if no one wrote or ended the session since ``token`` locked it.
+
+        Each copy is written with the CAS read under the lock: a session deleted meanwhile (terminated,
+        gc) is not written again, and a holder whose lock was taken over finds its copy changed. Either
+        way ``False``, and the lock is released.
+
+        A record too large for the server raises :class:`~sessionmw.errors.RecordTooLarge` after
+        releasing the lock (the caller no longer holds it once it has called ``save``).
+        """
+        hold = self._holds.pop(token, None)
+        if hold is None:
+            return False  # this token holds no lock here (never taken, or already given up)
+        key = keys.data_key(self.key_prefix, sid)
+        lock = keys.lock_key(key)
+        blob = encode_record(record)
         try:
-            # replace stores only if the record still exists: an ended session is never resurrected.
-            stored = self._run(node, client.replace, data_key, blob, expire=exptime(ttl), noreply=False, size=len(blob))
-        except BaseException:
-            self._unlock_quietly(node, lock_key, token)
+            self._check_size(hold.lock_node, key, blob)
+        except RecordTooLarge:
+            self._unlock_quietly(hold.lock_node, lock, hold.lock_cas)
             raise
-        self._checked_delete(node, lock_key, cas)  # released whether or not the record was written
-        return bool(stored)
+        # Index first (a session must never exist unindexed); an entry added for nothing is taken back.
+        added = False
+        try:
+            if record.user_id is not None:
+                added = self._index_add(record.user_id, sid)
+            stored = self._write(self._order(key), key, blob, exptime(ttl), hold.copies, hold.version, hold, lock)
+        except BaseException:
+            self._unlock_quietly(hold.lock_node, lock, hold.lock_cas)
+            raise
+        if not stored and added:
+            assert record.user_id is not None
+            self._index_remove(record.user_id, [sid], quiet=True)
+        return stored
+
+    def _write(
+        self,
+        order: Sequence[Node],
+        key: str,
+        blob: bytes,
+        exp: int,
+        copies: dict[Node, bytes | None],
+        version: int,
+        hold: Hold | None = None,
+        lock: str = "",
+    ) -> bool:
+        """Write ``blob`` to the first ``replicas`` servers in service; with ``hold``, release its lock too.
+
+        A server read under the lock is written with the CAS read then (``copies``); one that had no copy
+        is written with ``add``; one not read at all (it came back since) with ``set``. A write that finds
+        its copy changed is retried only when the change was a touch (the same ``version``); a newer
+        version, a deletion or a tombstone is a conflict: the writes already made are taken back and the
+        answer is ``False``. A server that fails is replaced by the next one of the list.
+        """
+        written: list[tuple[Node, bytes]] = []
+        tried: list[Node] = []
+        released = hold is None
+        last: BackendUnavailable | None = None
+        conflict = False
+        if hold is not None and hold.lock_node in self._live(order, self.replicas):
+            tried.append(hold.lock_node)
+            nodes = [hold.lock_node]  # the lock's server first: its copy decides, and the release rides along
+        else:
+            nodes = []
+        while not conflict:
+            nodes = nodes or self._live(order, self.replicas - len(written), tried)
+            if not nodes:
+                break
+            for node in nodes:
+                if node not in tried:
+                    tried.append(node)
+                commands = [_write_command(key, blob, exp, node, copies)]
+                if hold is not None and node is hold.lock_node:
+                    commands.append(md(lock, hold.lock_cas))
+                    released = True
+                try:
+                    replies = self._meta(node, commands, size=len(blob))
+                    reply = replies[0]
+                    if not reply.ok:
+                        reply = self._rewrite(node, key, blob, exp, copies, version)
+                except BackendUnavailable as exc:
+                    last = exc
+                    continue
+                if reply.ok and reply.cas is not None:
+                    written.append((node, reply.cas))
+                else:
+                    conflict = True
+                    break
+            nodes = []
+            if len(written) >= self.replicas:
+                break
+        if not released and hold is not None and not hold.lock_node.down_until:
+            self._unlock_quietly(hold.lock_node, lock, hold.lock_cas)
+        if conflict:
+            for node, cas in written:
+                try:
+                    self._meta(node, [md(key, cas)])  # take our copy back: it lost to a newer one
+                except BackendUnavailable:
+                    pass
+            return False
+        if not written:
+            if last is not None and len(self._nodes) == 1:
+                raise last
+            raise self._none_live(order, last)
+        return True
+
+    def _rewrite(
+        self, node: Node, key: str, blob: bytes, exp: int, copies: dict[Node, bytes | None], version: int
+    ) -> Reply:
+        """Retry a write that found its copy changed, if only touched since; else return the failed reply."""
+        reply = Reply(b"EX", {}, None)
+        for _ in range(TOUCH_ATTEMPTS):
+            current = self._meta(node, [mg(key, "v c")])[0]
+            found, _ = version_of(current.value)
+            if current.value is None:
+                if copies.get(node) is not None:
+                    return Reply(b"NF", {}, None)  # deleted since: never bring it back
+                reply = self._meta(node, [ms(key, blob, exp, mode="E")])[0]
+            elif found > version and not (version < 0 and current.value == TOMBSTONE):
+                return Reply(
+                    b"EX", {}, None
+                )  # written (or ended) by someone else since; a create may reuse an ended id
+            else:
+                reply = self._meta(node, [ms(key, blob, exp, cas=current.cas)])[0]
+            if reply.ok:
+                return reply
+        return reply
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
-        node, data_key, lock_key = self._locate(sid)
-        current, cas = self._run(node, node.client.gets, lock_key)
-        if current is None:
+        hold = self._holds.pop(token, None)
+        if hold is None:
             return False
-        held, deadline = parse_lock(current)
-        if held != token:
-            return False
-        if deadline <= now_ms():
-            self._checked_delete(node, lock_key, cas)  # ours but expired: clean up, report it lost
-            return False
-        if touch is not None:
-            self._touch(node, data_key, touch)
-        return self._checked_delete(node, lock_key, cas)
+        key = keys.data_key(self.key_prefix, sid)
+        lock = keys.lock_key(key)
+        commands = [md(lock, hold.lock_cas)]
+        record = hold.record
+        blob = b""
+        if touch is not None and record is not None:
+            blob = encode_record(record.touched(touch))
+            cas = hold.copies.get(hold.lock_node)
+            if cas is not None:
+                commands.insert(0, ms(key, blob, exptime(touch.ttl), cas=cas))
+        replies = self._meta(hold.lock_node, commands)
+        if touch is not None and record is not None:
+            for node, cas in hold.copies.items():
+                if node is not hold.lock_node and cas is not None:
+                    try:
+                        self._meta(node, [ms(key, blob, exptime(touch.ttl), cas=cas)])
+                    except BackendUnavailable:
+                        pass  # a touch is best effort
+        return replies[-1].ok and hold.deadline_ms > now_ms()
 
     def touch(self, sid: str, touch: Touch) -> None:
-        """Refresh last access of a stored session, never undoing a concurrent write (``gets`` + ``cas``)."""
-        node, data_key, _ = self._locate(sid)
-        self._touch(node, data_key, touch)
+        """Refresh last access of every copy in service, never undoing a concurrent write (``mg`` + ``ms`` with CAS)."""
+        key = keys.data_key(self.key_prefix, sid)
+        order = self._order(key)
+        for node, reply in self._read_copies(order, key, {}).items():
+            try:
+                self._touch(node, key, touch, reply)
+            except BackendUnavailable:
+                pass  # a touch is best effort; the server is counted as failing
 
-    def _touch(self, node: Node, data_key: str, touch: Touch) -> None:
-        client = node.client
+    def _touch(self, node: Node, key: str, touch: Touch, reply: Reply) -> None:
         for _ in range(TOUCH_ATTEMPTS):
-            blob, cas = self._run(node, client.gets, data_key)
-            record = decode(blob)
-            if record is None:
+            _, record = version_of(reply.value)
+            if record is None or reply.cas is None:
                 return  # touching a missing session does not create it
             new = encode_record(record.touched(touch))
-            stored = self._run(
-                node, client.cas, data_key, new, cas, expire=exptime(touch.ttl), noreply=False, size=len(new)
-            )
-            if stored is None or stored:
+            stored = self._meta(node, [ms(key, new, exptime(touch.ttl), cas=reply.cas)])[0]
+            if stored.ok or stored.code == b"NF":
                 return  # written, or the session is gone
+            reply = self._meta(node, [mg(key, "v c")])[0]
         # Lost every race: others are writing this session right now, with a fresher last access.
 
     def delete(self, sid: str) -> None:
-        """Remove the session's data (not its lock) and its user index entry; a missing session is not an error."""
-        node, data_key, _ = self._locate(sid)
-        old = decode(self._run(node, node.client.get, data_key))
-        self._run(node, node.client.delete, data_key, noreply=False)
-        if old is not None and old.user_id is not None:
-            self._index_remove(old.user_id, [sid], quiet=True)
+        """End the session: its copies on every server in service become tombstones; its index entry goes.
+
+        A tombstone (kept as long as the copy it replaces would have lived) outranks any copy, so a server
+        that was away and comes back with the session cannot bring it back.
+        """
+        key = keys.data_key(self.key_prefix, sid)
+        order = self._order(key)
+        user: str | int | None = None
+        reached = 0
+        last: BackendUnavailable | None = None
+        for node in self._live(order, len(order)):
+            try:
+                found = self._meta(node, [mg(key, "v t")])[0]
+                if found.value is None or found.value == TOMBSTONE:
+                    reached += 1
+                    continue
+                _, record = version_of(found.value)
+                if record is not None and record.user_id is not None:
+                    user = record.user_id
+                ttl = int(found.flags.get("t", b"-1"))
+                self._meta(node, [ms(key, TOMBSTONE, 0 if ttl < 0 else ttl + 1)])
+                reached += 1
+            except BackendUnavailable as exc:
+                last = exc
+        if not reached:
+            raise last if last is not None and len(self._nodes) == 1 else self._none_live(order, last)
+        if user is not None:
+            self._index_remove(user, [sid], quiet=True)
 
     def close(self) -> None:
         """Close every connection (the backend reconnects if used again)."""
@@ -267,33 +498,43 @@ class MemcachedBackend(UserIndex, Enumeration):
         memcached drops sessions past their TTL by itself; each removal is a compare-and-delete, so a
         session refreshed meanwhile by a request is kept.
         """
-        removed = 0
+        removed: set[str] = set()
         index_keys: list[tuple[Node, str]] = []
-        for node in self._nodes.values():
-            sids, node_index_keys = self._dump_keys(node)
+        for node, sids, node_index_keys in self._each_dump():
             index_keys.extend((node, key) for key in node_index_keys)
-            for batch in batches(sids):
-                found = self._run(node, node.client.gets_many, [keys.data_key(self.key_prefix, sid) for sid in batch])
-                for key, (blob, cas) in found.items():
-                    record = decode(blob)
-                    if record is None or record.expires is None or record.expires >= now:
-                        continue
-                    if self._checked_delete(node, keys.key_text(key), cas):
-                        removed += 1
+            for sid, (blob, cas) in self._gets(node, sids).items():
+                _, record = version_of(blob)
+                if record is None or record.expires is None or record.expires >= now:
+                    continue
+                if self._checked_delete(node, keys.data_key(self.key_prefix, sid), cas):
+                    removed.add(sid)
         for node, key in index_keys:
             self._prune_index(node, key)
-        return removed
+        return len(removed)
 
     def stats(self) -> dict[str, float]:
         """Return memcached's ``evictions``, ``curr_items``, ``bytes`` and ``limit_maxbytes``, summed over servers.
 
-        Logs a warning when ``evictions`` is above zero: memcached dropped items to make room, and an
-        evicted session is a lost session (a logged-out user).
+        With several servers, one that does not answer is counted in ``servers_down`` instead. Logs a
+        warning when ``evictions`` is above zero: memcached dropped items to make room, and an evicted
+        session is a lost session (a logged-out user).
         """
         totals: dict[str, float] = dict.fromkeys(SUMMED_FIGURES, 0.0)
-        for figures in self.server_stats().values():
+        down = 0
+        for node in self._nodes.values():
+            try:
+                figures = self._server_figures(node)
+            except BackendUnavailable:
+                if len(self._nodes) == 1:
+                    raise
+                down += 1
+                continue
             for name in SUMMED_FIGURES:
                 totals[name] += figures.get(name, 0)
+        if len(self._nodes) > 1:
+            totals["servers"] = float(len(self._nodes))
+            totals["servers_down"] = float(down)
+            totals["replicas"] = float(self.replicas)
         if totals["evictions"] > 0:
             logger.warning(
                 "memcached backend %s: %d items were evicted to make room; evicted sessions are lost sessions "
@@ -309,13 +550,33 @@ class MemcachedBackend(UserIndex, Enumeration):
         ``evictions`` above zero means memcached dropped items, sessions among them, to make room.
         Raises :class:`~sessionmw.errors.BackendUnavailable` when a server does not answer.
         """
-        result: dict[str, dict[str, int]] = {}
-        for node in self._nodes.values():
-            raw = self._run(node, node.client.stats)
-            figures: dict[str, int] = {}
-            for name in STATS_FIGURES:
-                value = raw.get(name.encode("ascii"))
-                if isinstance(value, int | float):
-                    figures[name] = int(value)
-            result[node.name] = figures
-        return result
+        return {node.name: self._server_figures(node) for node in self._nodes.values()}
+
+    def _server_figures(self, node: Node) -> dict[str, int]:
+        raw = self._run(node, node.client.stats)
+        figures: dict[str, int] = {}
+        for name in STATS_FIGURES:
+            value = raw.get(name.encode("ascii"))
+            if isinstance(value, int | float):
+                figures[name] = int(value)
+        return figures
+
+    def server_health(self) -> dict[str, dict[str, float]]:
+        """Return, per server, whether it is ejected, its failures in a row and its failed calls so far."""
+        now = time.monotonic()
+        return {
+            node.name: {
+                "ejected": float(node.down_until > now),
+                "failures": float(node.failures),
+                "failed_calls": float(node.failed_calls),
+            }
+            for node in self._nodes.values()
+        }
+
+
+def _write_command(key: str, blob: bytes, exp: int, node: Node, copies: dict[Node, bytes | None]) -> bytes:
+    """The ``ms`` of one copy: with the CAS read under the lock, ``add`` where there was none, else ``set``."""
+    if node in copies:
+        cas = copies[node]
+        return ms(key, blob, exp, cas=cas) if cas is not None else ms(key, blob, exp, mode="E")
+    return ms(key, blob, exp)

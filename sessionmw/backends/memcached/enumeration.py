@@ -9,14 +9,16 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from pymemcache.exceptions import MemcacheUnexpectedCloseError, MemcacheUnknownError
 
+from ...core.errors import BackendUnavailable
 from ..base import Record
 from .keys import INDEX_INFIX, LOCK_SUFFIX, data_key, sid_of
 from .placement import Node, Servers
-from .values import batches, decode
+from .values import batches, version_of
 
 __all__ = ["DUMP_BUSY_WAIT", "DUMP_RECV_SIZE", "Enumeration"]
 
@@ -106,7 +108,7 @@ class Enumeration(Servers):
             pause = min(pause * 2, 1.0)
 
     def _dump_keys(self, node: Node) -> tuple[list[str], list[str]]:
-        """Return ``(sids, index keys)`` under this backend's prefix that ``node`` holds and owns."""
+        """Return ``(sids, index keys)`` under this backend's prefix that ``node`` holds (copies among them)."""
         prefix = self.key_prefix.encode("ascii")
         index_head = prefix + INDEX_INFIX.encode("ascii")
         lock = LOCK_SUFFIX.encode("ascii")
@@ -120,22 +122,43 @@ class Enumeration(Servers):
                 key = raw.decode("ascii")
             except UnicodeDecodeError:
                 continue  # not one of our keys
-            if self._node_for(key) is not node:
-                continue  # left over from another server list: this backend never reads it there
             if raw.startswith(index_head):
                 index_keys.append(key)
             elif ":" not in key[n:]:  # session ids have no ":"; keys of a longer prefix ("<p>other:") do
                 sids.append(key[n:])
         return sids, index_keys
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(sid, record)`` for every live session under the key prefix, server by server."""
-        prefix = self.key_prefix
+    def _each_dump(self) -> Iterator[tuple[Node, list[str], list[str]]]:
+        """Yield ``(server, sids, index keys)`` for every server in service (all of them with one server)."""
         for node in self._nodes.values():
-            sids, _ = self._dump_keys(node)
-            for batch in batches(sids):
-                blobs = self._run(node, node.client.get_many, [data_key(prefix, sid) for sid in batch])
-                for key, blob in blobs.items():
-                    record = decode(blob)
-                    if record is not None:
-                        yield sid_of(prefix, key), record
+            if node.down_until and len(self._nodes) > 1:
+                continue  # ejected: its copies are also on the next servers of their lists
+            try:
+                sids, index_keys = self._dump_keys(node)
+            except BackendUnavailable:
+                if len(self._nodes) == 1:
+                    raise
+                continue
+            yield node, sids, index_keys
+
+    def _gets(self, node: Node, sids: list[str]) -> dict[str, tuple[bytes, Any]]:
+        """Return ``sid -> (value, cas)`` of the copies of ``sids`` on ``node``."""
+        prefix = self.key_prefix
+        found: dict[str, tuple[bytes, Any]] = {}
+        for batch in batches(sids):
+            got = self._run(node, node.client.gets_many, [data_key(prefix, sid) for sid in batch])
+            for key, (blob, cas) in got.items():
+                found[sid_of(prefix, key)] = (bytes(blob), cas)
+        return found
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(sid, record)`` for every live session under the key prefix: the freshest of its copies."""
+        best: dict[str, tuple[int, Record | None]] = {}
+        for node, sids, _ in self._each_dump():
+            for sid, (blob, _cas) in self._gets(node, sids).items():
+                found = version_of(blob)
+                if found[0] > best.get(sid, (-1, None))[0]:
+                    best[sid] = found
+        for sid, (_, record) in best.items():
+            if record is not None:
+                yield sid, record

@@ -7,12 +7,14 @@ that user's sessions; updates are ``gets``/``cas`` loops. See the package's note
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ...core.errors import BackendUnavailable
 from ..base import Record
-from .keys import index_key, index_user
+from .keys import data_key, index_key, index_user, sid_of
+from .meta import md
 from .placement import Node, Servers
-from .values import encode_index, parse_index, same_user
+from .values import batches, encode_index, parse_index, same_user, version_of
 
 __all__ = ["INDEX_ATTEMPTS", "INDEX_PRUNE_AT", "UserIndex"]
 
@@ -26,9 +28,42 @@ class UserIndex(Servers):
     """The user index part of :class:`~sessionmw.backends.memcached.MemcachedBackend`."""
 
     def _index_locate(self, user_id: str | int) -> tuple[Node, str]:
-        """Return the server and key of ``user_id``'s index (base64url of ``str(user_id)``, or its hash)."""
+        """Return the server and key of ``user_id``'s index (base64url of ``str(user_id)``, or its hash).
+
+        The index lives on the first server in service of its key's list (one copy: see the package's notes).
+        """
         key = index_key(self.key_prefix, user_id)
-        return self._node_for(key), key
+        order = self._order(key)
+        live = self._live(order, 1)
+        if not live:
+            raise self._none_live(order)
+        return live[0], key
+
+    def _checked_delete(self, node: Node, key: str, cas: Any) -> bool:
+        """Delete ``key`` only if it is unchanged since the read that returned ``cas`` (meta ``md <key> C<cas>``)."""
+        return self._meta(node, [md(key, bytes(cas))])[0].ok
+
+    def _fetch(self, sids: Iterable[str]) -> dict[str, Record]:
+        """Return the live records of ``sids`` (the freshest copy of each), one ``get_many`` per server and batch."""
+        prefix = self.key_prefix
+        per_node: dict[Node, list[str]] = {}
+        for sid in dict.fromkeys(sids):
+            for node in self._live(self._order(data_key(prefix, sid)), self.replicas):
+                per_node.setdefault(node, []).append(sid)
+        best: dict[str, tuple[int, Record | None]] = {}
+        for node, node_sids in per_node.items():
+            try:
+                for batch in batches(node_sids):
+                    blobs = self._run(node, node.client.get_many, [data_key(prefix, sid) for sid in batch])
+                    for key, blob in blobs.items():
+                        sid = sid_of(prefix, key)
+                        found = version_of(bytes(blob))
+                        if found[0] > best.get(sid, (-1, None))[0]:
+                            best[sid] = found
+            except BackendUnavailable:
+                if len(per_node) == 1:
+                    raise
+        return {sid: record for sid, (_, record) in best.items() if record is not None}
 
     def _index_update(self, node: Node, key: str, change: Callable[[list[str]], list[str]], quiet: bool) -> bool:
         """Apply ``change`` to the index at ``key`` with ``gets``/``cas`` (``add`` when missing); retry on races.

@@ -1,21 +1,25 @@
-"""Which memcached server a key goes to, and how one call to a server runs.
+"""Which memcached servers hold a key, which of them are in service, and how one call to a server runs.
 
-One pooled client per server, placed by rendezvous hashing (see the package's notes for why).
-:class:`Servers` is the base of :class:`~sessionmw.backends.memcached.MemcachedBackend`: placement,
-error translation, what each server supports, and the commands every part of the backend shares
-(compare-and-delete, fetching many records). Its methods are the backend's own, so a primitive calls
-them with no layer in between.
+One pooled client per server. A key's servers are ranked by rendezvous hashing with pymemcache's own
+hasher (:class:`pymemcache.client.rendezvous.RendezvousHash`), so each key has a fixed list, and a server
+that leaves moves only its own share. A server that fails ``fail_limit`` times in a row is ejected for
+``retry_after`` seconds; the next call after that tries it once more. :class:`Servers` is the base of
+:class:`~sessionmw.backends.memcached.MemcachedBackend`: its methods are the backend's own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymemcache.client.base import PooledClient
+from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import (
+    MemcacheClientError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
@@ -23,21 +27,24 @@ from pymemcache.exceptions import (
 )
 
 from ...core.errors import BackendUnavailable, ConfigError, RecordTooLarge
-from ..base import Record
-from .keys import data_key, lock_key, sid_of
-from .values import RELEASED_MARKER, batches, decode
+from .keys import data_key, lock_key
+from .meta import Reply, exchange
 
-__all__ = ["DEFAULT_ITEM_SIZE_MAX", "ITEM_OVERHEAD", "Node", "Servers", "close_clients", "make_nodes"]
+__all__ = ["DEFAULT_ITEM_SIZE_MAX", "ITEM_OVERHEAD", "ORDER_CACHE", "Node", "Servers", "close_clients", "make_nodes"]
+
+logger = logging.getLogger("sessionmw")
 
 #: memcached's default item size limit (``-I``), used when ``stats settings`` does not tell.
 DEFAULT_ITEM_SIZE_MAX = 1024 * 1024
 #: Bytes memcached adds to key and value for an item's header, CAS and line ends (measured: ~60).
 ITEM_OVERHEAD = 96
+#: Server rankings kept per backend (one per recent session), so hashing runs once per session.
+ORDER_CACHE = 65536
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
-    """One memcached server and what we learned about it."""
+    """One memcached server, what we learned about it, and whether it is in service."""
 
     name: str
     client: Any  # PooledClient: pymemcache is untyped
@@ -47,8 +54,12 @@ class Node:
     dump_all: bool = False
     #: ``stats settings`` item_size_max, read on first write.
     item_size_max: int | None = None
-    #: Whether the server knows the meta delete command (memcached >= 1.6), read on first release.
-    meta_delete: bool | None = None
+    #: Failures in a row (a success resets it); at ``fail_limit`` the server is ejected.
+    failures: int = 0
+    #: ``time.monotonic()`` until which an ejected server gets no call; 0 while in service.
+    down_until: float = 0.0
+    #: Calls that failed on this server since the backend was built (for figures and tests).
+    failed_calls: int = 0
     info_mutex: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -82,40 +93,109 @@ def close_clients(clients: list[Any]) -> None:
 
 
 class Servers:
-    """The servers of a memcached backend: where a key lives, and one call to its server."""
+    """The servers of a memcached backend: where a key lives, which servers serve, one call to a server."""
 
     key_prefix: str
     connect_timeout: float
     timeout: float
     name: str
+    replicas: int
+    fail_limit: int
+    retry_after: float
     _nodes: dict[str, Node]
-    #: The server when there is only one: no hashing at all.
-    _only: Node | None
-    _ring: Any  # RendezvousHash over the node names
 
-    def _node_for(self, key: str) -> Node:
-        """The server of ``key``: of a session's data key for its record and lock, of an index key for it."""
-        if self._only is not None:
-            return self._only
-        return self._nodes[self._ring.get_node(key)]
+    def _init_servers(self, nodes: dict[str, Node]) -> None:
+        self._nodes = nodes
+        self._hasher = RendezvousHash(nodes=list(nodes))
+        self._orders: dict[str, tuple[Node, ...]] = {}
+
+    # -- placement -----------------------------------------------------------------------------
+
+    def _order(self, key: str) -> tuple[Node, ...]:
+        """Every server, ranked for ``key`` by rendezvous hashing (the first is ``RendezvousHash.get_node``'s)."""
+        order = self._orders.get(key)
+        if order is None:
+            if len(self._nodes) == 1:
+                order = tuple(self._nodes.values())
+            else:
+                score = self._hasher.hash_function
+                ranked = sorted(self._nodes, key=lambda name: (score(f"{name}-{key}"), name), reverse=True)
+                order = tuple(self._nodes[name] for name in ranked)
+            if len(self._orders) >= ORDER_CACHE:
+                self._orders.clear()
+            self._orders[key] = order
+        return order
 
     def _locate(self, sid: str) -> tuple[Node, str, str]:
-        """Return the server of ``sid``, its data key and its lock key."""
+        """Return the first server of ``sid``'s list (where its lock lives while that server serves), its keys."""
         key = data_key(self.key_prefix, sid)
-        return self._node_for(key), key, lock_key(key)
+        return self._order(key)[0], key, lock_key(key)
+
+    def _live(self, order: Iterable[Node], count: int, skip: Iterable[Node] = ()) -> list[Node]:
+        """The first ``count`` servers of ``order`` in service, leaving out ``skip``.
+
+        An ejected server whose retry time has come is included, and its retry is claimed (its next
+        retry time set), so one call per process tries it while the others keep going around it.
+        """
+        live: list[Node] = []
+        now = 0.0
+        for node in order:
+            if node in skip:
+                continue
+            if node.down_until:
+                now = now or time.monotonic()
+                if now < node.down_until:
+                    continue
+                node.down_until = now + self.retry_after  # this call is the retry
+            live.append(node)
+            if len(live) == count:
+                break
+        return live
+
+    def _none_live(self, order: Sequence[Node], cause: BaseException | None = None) -> BackendUnavailable:
+        """The error for a call that found none of ``order``'s servers in service."""
+        if len(self._nodes) == 1:
+            assert cause is not None
+            return self._unavailable(order[0], cause)
+        names = ", ".join(node.name for node in order)
+        detail = f": last error {_detail(cause, self)}" if cause is not None else ""
+        return BackendUnavailable(
+            f"memcached backend {self.name} is unavailable: every server of this session is down ({names}){detail}",
+            backend=self.name,
+        )
+
+    # -- health --------------------------------------------------------------------------------
+
+    def _failed(self, node: Node, exc: BaseException) -> None:
+        """Count a failed call on ``node``; eject it at ``fail_limit`` failures in a row (with several servers)."""
+        node.failed_calls += 1
+        node.failures += 1
+        if len(self._nodes) > 1 and node.failures >= self.fail_limit:
+            first = not node.down_until
+            node.down_until = time.monotonic() + self.retry_after
+            if first:
+                logger.warning(
+                    "memcached backend %s: server %s ejected for %g s after %d failed calls (%s); its sessions "
+                    "are served by the next servers of their lists",
+                    self.name,
+                    node.name,
+                    self.retry_after,
+                    node.failures,
+                    _detail(exc, self),
+                )
+
+    def _succeeded(self, node: Node) -> None:
+        """A call on ``node`` worked: it is in service again."""
+        if node.down_until:
+            logger.warning("memcached backend %s: server %s answers again", self.name, node.name)
+        node.failures = 0
+        node.down_until = 0.0
+
+    # -- one call ------------------------------------------------------------------------------
 
     def _unavailable(self, node: Node, exc: BaseException) -> BackendUnavailable:
-        if isinstance(exc, MemcacheUnexpectedCloseError):
-            detail = "the server closed the connection"
-        elif isinstance(exc, TimeoutError):
-            detail = f"timed out (connect_timeout={self.connect_timeout}, timeout={self.timeout})"
-        elif isinstance(exc, MemcacheServerError | MemcacheUnknownError):
-            said = exc.args[0] if exc.args else type(exc).__name__
-            detail = "server error: " + (said.decode("ascii", "replace") if isinstance(said, bytes) else str(said))
-        else:
-            detail = str(exc) or type(exc).__name__
-        where = "" if self._only is not None else f"server {node.name}: "
-        message = f"memcached backend {self.name} is unavailable: {where}{detail}"
+        where = "" if len(self._nodes) == 1 else f"server {node.name}: "
+        message = f"memcached backend {self.name} is unavailable: {where}{_detail(exc, self)}"
         return BackendUnavailable(" ".join(message.split()), backend=self.name)
 
     def _too_large(self, node: Node, size: int, limit: int) -> RecordTooLarge:
@@ -130,37 +210,40 @@ class Servers:
     def _run(self, node: Node, call: Callable[..., Any], *args: Any, size: int | None = None, **kw: Any) -> Any:
         """Run one pymemcache call, turning connection and server failures into our exceptions.
 
-        The pooled client destroys a connection that failed, so the next call reconnects.
+        A failure counts against the server's health (see :meth:`_failed`); a success restores it. The
+        pooled client destroys a connection that failed, so the next call reconnects.
         """
         try:
-            return call(*args, **kw)
+            result = call(*args, **kw)
         except MemcacheServerError as exc:
             if size is not None and "too large" in str(exc):
                 raise self._too_large(node, size, node.item_size_max or DEFAULT_ITEM_SIZE_MAX) from exc
+            self._failed(node, exc)
             raise self._unavailable(node, exc) from exc
-        except (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError) as exc:
+        except (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError, MemcacheClientError) as exc:
+            self._failed(node, exc)
             raise self._unavailable(node, exc) from exc
+        if node.failures:
+            self._succeeded(node)
+        return result
+
+    def _meta(self, node: Node, commands: list[bytes], size: int | None = None) -> list[Reply]:
+        """Send meta ``commands`` to ``node`` in one round trip; return their replies."""
+        result: list[Reply] = self._run(node, exchange, node.client, commands, size=size)
+        return result
 
     def _learn(self, node: Node) -> None:
-        """Read, once, the server's item size limit and whether it has the meta delete command."""
-        if node.item_size_max is not None and node.meta_delete is not None:
+        """Read, once, the server's item size limit."""
+        if node.item_size_max is not None:
             return
         with node.info_mutex:
-            if node.item_size_max is not None and node.meta_delete is not None:
+            if node.item_size_max is not None:
                 return
             settings = self._run(node, node.client.stats, "settings")
             try:
-                size_max = int(settings.get(b"item_size_max", DEFAULT_ITEM_SIZE_MAX))
+                node.item_size_max = int(settings.get(b"item_size_max", DEFAULT_ITEM_SIZE_MAX))
             except (TypeError, ValueError):
-                size_max = DEFAULT_ITEM_SIZE_MAX
-            version = bytes(self._run(node, node.client.version))
-            try:
-                major, minor = (int(x) for x in version.decode("ascii").split(".")[:2])
-                meta = (major, minor) >= (1, 6)
-            except ValueError:
-                meta = False
-            node.item_size_max = size_max
-            node.meta_delete = meta
+                node.item_size_max = DEFAULT_ITEM_SIZE_MAX
 
     def _check_size(self, node: Node, key: str, blob: bytes) -> None:
         self._learn(node)
@@ -168,35 +251,18 @@ class Servers:
         if len(blob) + len(key) + ITEM_OVERHEAD > limit:
             raise self._too_large(node, len(blob), limit)
 
-    def _checked_delete(self, node: Node, key: str, cas: Any) -> bool:
-        """Delete ``key`` (a lock, an emptied index) only if it is unchanged since the ``gets`` that returned ``cas``.
 
-        On memcached >= 1.6 this is the meta command ``md <key> C<cas>``; older servers get the key
-        ``cas``-ed into an already-expired marker instead (see the package's notes).
-        """
-        self._learn(node)
-        if node.meta_delete:
-            try:
-                answer = self._run(node, node.client.raw_command, b"md " + key.encode("ascii") + b" C" + cas)
-            except MemcacheUnknownCommandError:
-                node.meta_delete = False
-            else:
-                return bytes(answer) == b"HD"
-        return self._run(node, node.client.cas, key, RELEASED_MARKER, cas, expire=1, noreply=False) is True
-
-    def _fetch(self, sids: Iterable[str]) -> dict[str, Record]:
-        """Return the live records of ``sids``, with one ``get_many`` per server and batch."""
-        prefix = self.key_prefix
-        per_node: dict[str, list[str]] = {}
-        for sid in dict.fromkeys(sids):
-            per_node.setdefault(self._node_for(data_key(prefix, sid)).name, []).append(sid)
-        found: dict[str, Record] = {}
-        for name, node_sids in per_node.items():
-            node = self._nodes[name]
-            for batch in batches(node_sids):
-                blobs = self._run(node, node.client.get_many, [data_key(prefix, sid) for sid in batch])
-                for key, blob in blobs.items():
-                    record = decode(blob)
-                    if record is not None:
-                        found[sid_of(prefix, key)] = record
-        return found
+def _detail(exc: BaseException | None, servers: Servers) -> str:
+    """What went wrong, in words."""
+    if isinstance(exc, MemcacheUnexpectedCloseError):
+        return "the server closed the connection"
+    if isinstance(exc, TimeoutError):
+        return f"timed out (connect_timeout={servers.connect_timeout}, timeout={servers.timeout})"
+    if isinstance(exc, MemcacheUnknownCommandError):
+        return "the server does not know the meta commands (mg/ms/md); sessionmw needs memcached 1.6 or later"
+    if isinstance(exc, MemcacheServerError | MemcacheUnknownError | MemcacheClientError):
+        said = exc.args[0] if exc.args else type(exc).__name__
+        return "server error: " + (said.decode("ascii", "replace") if isinstance(said, bytes) else str(said))
+    if exc is None:
+        return "no server"
+    return str(exc) or type(exc).__name__

@@ -17,7 +17,8 @@ from ..base import Record, decode_record
 __all__ = [
     "FETCH_BATCH",
     "MAX_RELATIVE_EXPTIME",
-    "RELEASED_MARKER",
+    "TOMBSTONE",
+    "TOMBSTONE_VERSION",
     "batches",
     "decode",
     "encode_index",
@@ -27,12 +28,16 @@ __all__ = [
     "parse_index",
     "parse_lock",
     "same_user",
+    "version_of",
 ]
 
 #: Relative expiries above this are read by memcached as absolute Unix times.
 MAX_RELATIVE_EXPTIME = 30 * 24 * 3600
-#: An expired lock, written by release on servers without the meta delete command.
-RELEASED_MARKER = b"- 0"
+#: What an ended session's copies are replaced with, so a server that comes back with an old copy
+#: cannot bring the session back (see the package's notes).
+TOMBSTONE = b"\x00ended"
+#: A tombstone's version: above every write.
+TOMBSTONE_VERSION = 2**62
 #: Keys per ``get_many`` when fetching many records.
 FETCH_BATCH = 100
 
@@ -73,8 +78,18 @@ def parse_lock(value: Any) -> tuple[str, int]:
         return "", 0
 
 
+def version_of(blob: bytes | None) -> tuple[int, Record | None]:
+    """Return ``(version, record)`` of a stored copy: -1 for none or an unreadable one, a tombstone above all."""
+    if blob is None:
+        return -1, None
+    if blob == TOMBSTONE:
+        return TOMBSTONE_VERSION, None
+    record = decode(blob)
+    return (-1, None) if record is None else (record.version, record)
+
+
 def decode(blob: Any) -> Record | None:
-    """The record in an item's value, or ``None`` for a missing or unreadable one."""
+    """The record in an item's value, or ``None`` for a missing, unreadable or ended one."""
     if blob is None:
         return None
     try:
