@@ -84,9 +84,7 @@ def test_url_default_port_and_options() -> None:
 @pytest.mark.parametrize(
     ("url", "option", "words"),
     [
-        pytest.param(
-            "memcached://127.0.0.1:11211?replicas=2", "replicas", "replicas=2, but the URL names 1 server", id="replicas"
-        ),
+        pytest.param("memcached://127.0.0.1:11211?replicas=2", "replicas", "but the URL names 1 server", id="replicas"),
         pytest.param("memcached://a:1,b:1?fail_limit=0", "fail_limit", "fail_limit", id="fail_limit"),
         pytest.param("memcached://a:1,b:1?retry_after=x", "retry_after", "retry_after", id="retry_after"),
         pytest.param("memcached://127.0.0.1?timeout=0", "timeout", "timeout", id="zero-timeout"),
