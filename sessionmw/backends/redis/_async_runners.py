@@ -141,13 +141,16 @@ class Pooled:
     async def forget_idle(self) -> None:
         """After a failed command: close the pool's idle connections, which most likely lead to a dead master.
 
-        A new Sentinel connection asks the sentinels where the master is; a Cluster client drops and
-        reloads its nodes on a failure itself.
+        A new Sentinel connection asks the sentinels where the master is. A Cluster client reloads its
+        slot table after a failed node itself, but for asyncio's pipelines (the lock's SET and GET),
+        which do so only when closed first, as redis-py's own pipeline retry does.
         """
         client = self._client
         if isinstance(client, aredis.Redis):
             with contextlib.suppress(Exception):  # unasync: unwrap
                 await client.connection_pool.disconnect(inuse_connections=False)
+        elif isinstance(client, RedisCluster):  # unasync: remove
+            await client.aclose()
 
 
 def connect(config: ClientConfig) -> tuple[Client, list[Any]]:
