@@ -1245,3 +1245,62 @@ def test_own_packer_round_trips_through_a_real_server(redis_url: str) -> None:
         assert conn.read_response() == value.encode()
     finally:
         conn.disconnect()
+
+
+# -- commands sent again while a failover is waited out (failover.py): each safe to run twice ---------
+
+
+def _send(raw: redis.Redis, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    pipe = raw.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute()
+
+
+@redis_service
+def test_a_save_sent_again_after_it_ran_reads_as_saved_and_writes_nothing_more(
+    backend: RedisBackend, raw: redis.Redis, key_prefix: str
+) -> None:
+    sid, token = new_session_id(), new_lock_token()
+    assert backend.create(sid, rec(b'{"n":1}', user_id="u1"), 60)
+    assert backend.lock_and_load(sid, token, 30)[0]
+    mine = rec(b'{"n":2}', user_id="u1")
+    assert backend.save(sid, mine, token, 60)  # ran, lock deleted; say its reply was lost
+    assert backend.save(sid, mine, token, 60), "sent again: its own record is there, so it was saved"
+    keys = Keys(key_prefix)
+    assert raw.sismember(keys.user("u1"), sid), "and the user's index holds the session"
+    # A later writer's record is not this one's: the fence holds.
+    other = new_lock_token()
+    assert backend.lock_and_load(sid, other, 30)[0]
+    assert backend.save(sid, rec(b'{"n":3}', user_id="u1"), other, 60)
+    assert not backend.save(sid, mine, token, 60), "a save sent again after a later write is dropped"
+    got = backend.load(sid)
+    assert got is not None and got.data == b'{"n":3}'
+
+
+@redis_service
+def test_a_lock_taken_before_its_reply_was_lost_is_this_requests_own(
+    backend: RedisBackend, raw: redis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    sid, token = new_session_id(), new_lock_token()
+    assert backend.create(sid, rec(b'{"n":1}'), 60)
+    assert backend.lock_and_load(sid, token, 30)[0]  # the SET NX ran; say its reply was lost
+    again = ops.lock_and_load_again(keys, sid, token, 30)
+    locked, got = again.parse(_send(raw, again.commands))
+    assert locked and got is not None and got.data == b'{"n":1}'
+    other = ops.lock_and_load_again(keys, sid, new_lock_token(), 30)
+    assert other.parse(_send(raw, other.commands)) == (False, None), "another request's lock is not its own"
+
+
+@redis_service
+def test_a_create_sent_again_after_it_ran_reads_as_stored(
+    backend: RedisBackend, raw: redis.Redis, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    sid, mine = new_session_id(), rec(b'{"n":1}')
+    assert backend.create(sid, mine, 60)  # ran; say its reply was lost
+    again = ops.create_again(keys, sid, mine, 60)
+    assert again.parse(_send(raw, again.commands)), "its own record: stored"
+    theirs = ops.create_again(keys, sid, rec(b'{"n":9}'), 60)
+    assert not theirs.parse(_send(raw, theirs.commands)), "another record under that id: the id is taken"
