@@ -60,6 +60,7 @@ STATS_FIGURES = (
 class Hold:
     """What a lock holder read: where its lock is, and each copy's CAS, so its write is fenced by them."""
 
+    token: str
     lock_node: Node
     lock_cas: bytes
     deadline_ms: int
@@ -169,6 +170,7 @@ class MemcachedBackend(UserIndex, Enumeration):
             try:
                 taken = self._take_lock(node, key, lock, value, lock_exp)
             except BackendUnavailable as exc:
+                self._orphan(node, lock, token)  # the server may still run our add, late
                 tried.append(node)
                 last = exc
                 continue
@@ -183,7 +185,7 @@ class MemcachedBackend(UserIndex, Enumeration):
             raise
         version, record = self._freshest(copies)
         cas = {n: (r.cas if r.value is not None else None) for n, r in copies.items()}
-        self._hold(token, Hold(node, lock_cas, deadline, cas, record, version))
+        self._hold(token, Hold(token, node, lock_cas, deadline, cas, record, version))
         return True, record
 
     def _take_lock(self, node: Node, key: str, lock: str, value: bytes, lock_exp: int) -> tuple[bytes, Reply] | None:
@@ -199,11 +201,13 @@ class MemcachedBackend(UserIndex, Enumeration):
                 return added.cas, data
             if held.value is None:
                 continue  # released in between: add again
-            if parse_lock(held.value)[1] > now_ms():
+            holder, deadline = parse_lock(held.value)
+            if deadline > now_ms() and holder != node.orphans.get(lock):
                 return None
             # Past its deadline: take it over; the CAS lets only the first contender win.
             took, data = self._meta(node, [ms(lock, value, lock_exp, cas=held.cas), mg(key, "v c t")])
             if took.ok and took.cas is not None:
+                node.orphans.pop(lock, None)
                 return took.cas, self._fence_previous(node, key, data)
         return None
 
@@ -229,11 +233,13 @@ class MemcachedBackend(UserIndex, Enumeration):
                 holds.pop(old, None)
         holds[token] = hold
 
-    def _unlock_quietly(self, node: Node, lock: str, lock_cas: bytes) -> None:
+    def _unlock_quietly(self, node: Node, lock: str, lock_cas: bytes, token: str = "") -> None:
         try:
             self._meta(node, [md(lock, lock_cas)])
         except Exception:
-            pass  # best effort, while another error is on its way
+            if token:
+                self._orphan(node, lock, token)  # removed when the server answers again
+            # best effort, while another error is on its way
 
     def extend(self, sid: str, token: str, expire: float) -> bool:
         """Push the lock's deadline to ``expire`` seconds from now, if ``token`` still holds it."""
@@ -353,7 +359,9 @@ class MemcachedBackend(UserIndex, Enumeration):
                 if node not in tried:
                     tried.append(node)
                 commands = [_write_command(key, blob, exp, node, copies)]
-                if hold is not None and node is hold.lock_node:
+                unlocks = hold is not None and node is hold.lock_node
+                if unlocks:
+                    assert hold is not None
                     commands.append(md(lock, hold.lock_cas))
                     released = True
                 try:
@@ -362,6 +370,9 @@ class MemcachedBackend(UserIndex, Enumeration):
                     if not reply.ok:
                         reply = self._rewrite(node, key, blob, exp, copies, version)
                 except BackendUnavailable as exc:
+                    if unlocks:
+                        assert hold is not None
+                        self._orphan(node, lock, hold.token)  # our unlock may not have run
                     last = exc
                     continue
                 if reply.ok and reply.cas is not None:
@@ -372,8 +383,11 @@ class MemcachedBackend(UserIndex, Enumeration):
             nodes = []
             if len(written) >= self.replicas:
                 break
-        if not released and hold is not None and not hold.lock_node.down_until:
-            self._unlock_quietly(hold.lock_node, lock, hold.lock_cas)
+        if not released and hold is not None:
+            if hold.lock_node.down_until:
+                self._orphan(hold.lock_node, lock, hold.token)
+            else:
+                self._unlock_quietly(hold.lock_node, lock, hold.lock_cas, hold.token)
         if conflict:
             for node, cas in written:
                 try:
@@ -424,7 +438,11 @@ class MemcachedBackend(UserIndex, Enumeration):
             cas = hold.copies.get(hold.lock_node)
             if cas is not None:
                 commands.insert(0, ms(key, blob, exptime(touch.ttl), cas=cas))
-        replies = self._meta(hold.lock_node, commands)
+        try:
+            replies = self._meta(hold.lock_node, commands)
+        except BackendUnavailable:
+            self._orphan(hold.lock_node, lock, token)  # removed when the server answers again
+            raise
         if touch is not None and record is not None:
             for node, cas in hold.copies.items():
                 if node is not hold.lock_node and cas is not None:
@@ -562,12 +580,13 @@ class MemcachedBackend(UserIndex, Enumeration):
         return figures
 
     def server_health(self) -> dict[str, dict[str, float]]:
-        """Return, per server, whether it is ejected, its failures in a row and its failed calls so far."""
+        """Return, per server: whether it is ejected, its failures in a row, its round trips and failed ones so far."""
         now = time.monotonic()
         return {
             node.name: {
                 "ejected": float(node.down_until > now),
                 "failures": float(node.failures),
+                "calls": float(node.calls),
                 "failed_calls": float(node.failed_calls),
             }
             for node in self._nodes.values()

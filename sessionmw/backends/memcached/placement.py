@@ -28,7 +28,7 @@ from pymemcache.exceptions import (
 
 from ...core.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from .keys import data_key, lock_key
-from .meta import Reply, exchange
+from .meta import Reply, exchange, md, mg
 
 __all__ = ["DEFAULT_ITEM_SIZE_MAX", "ITEM_OVERHEAD", "ORDER_CACHE", "Node", "Servers", "close_clients", "make_nodes"]
 
@@ -38,6 +38,8 @@ logger = logging.getLogger("sessionmw")
 DEFAULT_ITEM_SIZE_MAX = 1024 * 1024
 #: Bytes memcached adds to key and value for an item's header, CAS and line ends (measured: ~60).
 ITEM_OVERHEAD = 96
+#: Orphaned locks remembered per server (the oldest are forgotten; they expire by their deadline).
+MAX_ORPHANS = 10000
 #: Server rankings kept per backend (one per recent session), so hashing runs once per session.
 ORDER_CACHE = 65536
 
@@ -58,8 +60,13 @@ class Node:
     failures: int = 0
     #: ``time.monotonic()`` until which an ejected server gets no call; 0 while in service.
     down_until: float = 0.0
-    #: Calls that failed on this server since the backend was built (for figures and tests).
+    #: Round trips to this server, and those that failed, since the backend was built (figures, tests).
+    calls: int = 0
     failed_calls: int = 0
+    #: Locks this process may have left on the server by a call that failed after sending (lock key ->
+    #: token): the server may still run it, late. Such a lock is taken over, and removed when the server
+    #: answers again.
+    orphans: dict[str, str] = field(default_factory=dict)
     info_mutex: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -185,11 +192,30 @@ class Servers:
                 )
 
     def _succeeded(self, node: Node) -> None:
-        """A call on ``node`` worked: it is in service again."""
+        """A call on ``node`` worked: it is in service again, and the locks left by failed calls are removed."""
         if node.down_until:
             logger.warning("memcached backend %s: server %s answers again", self.name, node.name)
         node.failures = 0
         node.down_until = 0.0
+        if node.orphans:
+            self._remove_orphans(node)
+
+    def _orphan(self, node: Node, lock: str, token: str) -> None:
+        """Remember that a failed call may have left ``token``'s lock at ``lock`` on ``node``."""
+        if len(node.orphans) >= MAX_ORPHANS:
+            node.orphans.pop(next(iter(node.orphans)))
+        node.orphans[lock] = token
+
+    def _remove_orphans(self, node: Node) -> None:
+        """Delete every lock of :attr:`Node.orphans` still holding its token (checked by CAS)."""
+        orphans, node.orphans = node.orphans, {}
+        try:
+            for lock, token in orphans.items():
+                held = exchange(node.client, [mg(lock, "v c")])[0]
+                if held.value is not None and held.cas is not None and held.value.split(b" ")[0] == token.encode():
+                    exchange(node.client, [md(lock, held.cas)])
+        except Exception:
+            pass  # the server failed again: the locks expire by their deadline
 
     # -- one call ------------------------------------------------------------------------------
 
@@ -213,6 +239,7 @@ class Servers:
         A failure counts against the server's health (see :meth:`_failed`); a success restores it. The
         pooled client destroys a connection that failed, so the next call reconnects.
         """
+        node.calls += 1
         try:
             result = call(*args, **kw)
         except MemcacheServerError as exc:
