@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from sessionmw.backends.memcached import MemcachedBackend
 from sessionmw.core.cookies import new_session_id
 from sessionmw.core.locking import new_lock_token
 from tests.apps import make_wsgi_app
-from tests.conftest import ServerProcess, missing, private_memcached
+from tests.conftest import ServerProcess, free_port, missing, private_memcached
 
 pytestmark = pytest.mark.service("memcached")
 
@@ -312,3 +313,17 @@ def test_a_holder_whose_lock_server_died_cannot_overwrite_a_later_holder(
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.slow
+def test_no_lost_update_over_three_servers_with_two_replicas(three: list[ServerProcess], key_prefix: str) -> None:
+    """8 clients x 25 increments on one cookie, uvicorn with 2 workers, sessions on 2 of 3 servers."""
+    from tests.integration.test_no_lost_update import CLIENTS, INCREMENTS, env_for, hammer, serve
+
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "uvicorn", "tests.apps:starlette_from_env", "--factory",
+        "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    with serve(argv, env_for(url_of(three, replicas=2), key_prefix), port) as base:
+        assert hammer(base) == CLIENTS * INCREMENTS
