@@ -25,8 +25,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from sessionmw.backends.tiered import TieredSpec
 
 ALL_SERVICES = ("redis", "memcached", "postgresql", "mysql")
 
@@ -304,6 +307,29 @@ REDIS_TOPOLOGIES = [
 ]
 
 
+#: Tiered stores (a fast backend in front of a durable one): ``tiered-<fast>-<durable>[-n<write_every>]``.
+#: :func:`backend_url_for` answers a :class:`~sessionmw.backends.tiered.TieredSpec` for them, which
+#: ``open_backend``, ``SessionStore`` and the middlewares' ``backend=`` take as they take a URL.
+TIERED = [
+    pytest.param("tiered-memcached-sqlite", id="tiered-memcached-sqlite", marks=pytest.mark.service("memcached")),
+    pytest.param("tiered-memcached-sqlite-n3", id="tiered-memcached-sqlite-n3", marks=pytest.mark.service("memcached")),
+    pytest.param(
+        "tiered-memcached-postgresql",
+        id="tiered-memcached-postgresql",
+        marks=[pytest.mark.service("memcached"), pytest.mark.service("postgresql")],
+    ),
+    pytest.param("tiered-redis-sqlite", id="tiered-redis-sqlite", marks=pytest.mark.service("redis")),
+]
+
+
+def tiered_parts(kind: str) -> tuple[str, str, int]:
+    """Split a tiered kind into its fast kind, its durable kind and its write-every."""
+    parts = kind.split("-")
+    assert parts[0] == "tiered", kind
+    write_every = int(parts[3][1:]) if len(parts) > 3 else 1
+    return parts[1], parts[2], write_every
+
+
 @pytest.fixture(scope="session")
 def shared_tmp() -> Iterator[Path]:
     """A temporary directory for the whole test session (file and SQLite backends)."""
@@ -312,8 +338,15 @@ def shared_tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def backend_url_for(kind: str, request: pytest.FixtureRequest, shared_tmp: Path) -> str:
-    """Return a backend URL of ``kind`` for one test."""
+def backend_url_for(kind: str, request: pytest.FixtureRequest, shared_tmp: Path) -> Any:
+    """Return a backend URL of ``kind`` for one test (a :class:`TieredSpec` for a tiered kind)."""
+    if kind.startswith("tiered-"):
+        fast, durable, write_every = tiered_parts(kind)
+        return TieredSpec(
+            backend_url_for(fast, request, shared_tmp),
+            backend_url_for(durable, request, shared_tmp),
+            write_every=write_every,
+        )
     if kind == "memory":
         return f"memory://test-{uuid.uuid4().hex[:8]}"
     if kind == "file":

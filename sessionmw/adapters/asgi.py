@@ -24,7 +24,7 @@ from ..core.readonly import is_read_only
 from ..core.route import Route
 from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
-from .common import ErrorResponse, add_vary_cookie, backend_spec, check_unsupported, logger, unavailable_body
+from .common import ErrorResponse, add_vary_cookie, backend_spec, logger, unavailable_body
 
 __all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
 
@@ -64,6 +64,8 @@ class SessionMiddleware:
     README's option table). ``request.session`` is a :class:`sessionmw.Session`.
 
     :param backend: a backend URL or instance; default: files under the system temp dir.
+    :param durable_backend: a durable backend URL or instance behind ``backend`` (a tiered store:
+        :mod:`sessionmw.backends.tiered`), written through every ``durable_write_every`` writes.
     :param error_response: builds the answer to a request whose session cannot be had (lock timeout,
         too many waiters, backend down): ``(status, headers, body)``; default a plain-text 503.
     """
@@ -113,7 +115,6 @@ class SessionMiddleware:
         # Every keyword but the app and the error page is an option, named as the settings name it.
         options = {k: v for k, v in locals().items() if k not in ("self", "app", "error_response", "__class__")}
         self.settings = build_settings(**options)
-        check_unsupported(self.settings)
         self.core = SessionCore(self.settings)
         self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)

@@ -13,7 +13,7 @@ from typing import Any, AnyStr
 from ..core.config import Settings
 from ..core.errors import ConfigError, SessionUnavailable
 
-__all__ = ["ErrorResponse", "add_vary_cookie", "check_unsupported", "default_backend_url", "unavailable_body"]
+__all__ = ["ErrorResponse", "add_vary_cookie", "backend_spec", "default_backend_url", "unavailable_body"]
 
 logger = logging.getLogger("sessionmw")
 
@@ -29,8 +29,22 @@ def default_backend_url() -> str:
 
 
 def backend_spec(settings: Settings) -> Any:
-    """Return the backend the settings name, or the default one."""
-    return settings.backend if settings.backend is not None else default_backend_url()
+    """Return the backend the settings name (a tiered pair with ``durable_backend``), or the default one."""
+    if settings.durable_backend is None:
+        return settings.backend if settings.backend is not None else default_backend_url()
+    if settings.backend is None:
+        raise ConfigError(
+            "durable_backend needs a fast backend in front of it: set backend= too (memcached:// or redis://)",
+            option="durable_backend",
+        )
+    from ..backends.tiered import TieredSpec
+
+    return TieredSpec(
+        settings.backend,
+        settings.durable_backend,
+        write_every=settings.durable_write_every,
+        refresh_every=settings.effective_touch_interval,
+    )
 
 
 def unavailable_body(exc: SessionUnavailable) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -55,12 +69,3 @@ def add_vary_cookie(
                 headers[i] = (key, value + sep + cookie)
             return
     headers.append((name, cookie))
-
-
-def check_unsupported(settings: Settings) -> None:
-    """Reject options whose feature is not built yet, rather than ignoring them."""
-    if settings.durable_backend is not None:
-        raise ConfigError(
-            "durable_backend is not supported in this version of sessionmw; leave it None",
-            option="durable_backend",
-        )

@@ -26,7 +26,7 @@ from ..core.readonly import is_read_only
 from ..core.route import EXCLUDED, READ_WRITE, Route
 from ..core.session import Session
 from ..drivers.sync import SyncDriver, SyncRequest
-from .common import backend_spec, check_unsupported
+from .common import backend_spec
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
@@ -197,7 +197,6 @@ class FlaskSession:
         keys = [secret, *(config.get("SECRET_KEY_FALLBACKS") or [])]
         opts["secret_key"] = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
         settings = build_settings(max_age=None, **opts)
-        check_unsupported(settings)
         lifetime = config.get("PERMANENT_SESSION_LIFETIME")
         if not isinstance(lifetime, timedelta | int | float):
             raise ConfigError(

@@ -18,7 +18,7 @@ from ..core.errors import SessionUnavailable
 from ..core.policy import RequestInfo, SessionCore
 from ..core.session import Session
 from ..drivers.sync import SyncDriver, SyncRequest
-from .common import ErrorResponse, add_vary_cookie, backend_spec, check_unsupported, unavailable_body
+from .common import ErrorResponse, add_vary_cookie, backend_spec, unavailable_body
 
 __all__ = ["ENVIRON_KEY", "StartResponse", "WSGIApp", "WSGIEnviron", "WSGISessionMiddleware"]
 
@@ -50,7 +50,6 @@ class WSGISessionMiddleware:
     ) -> None:
         self.app = app
         self.settings = build_settings(secret_key=secret_key, **options)
-        check_unsupported(self.settings)
         self.core = SessionCore(self.settings)
         self.backend = open_backend(backend_spec(self.settings), key_prefix=self.settings.key_prefix)
         self.driver = SyncDriver(self.backend, self.settings.lock_expire)

@@ -3,7 +3,8 @@
 Each backend module offers ``from_url(url, key_prefix) -> Backend`` and may offer
 ``async_from_url(url, key_prefix) -> AsyncBackend`` when its client has a native asyncio twin;
 otherwise ASGI apps get the sync backend run in worker threads. Client libraries are imported only
-when their scheme is used; a missing one names the extra to install.
+when their scheme is used; a missing one names the extra to install. A :class:`~.tiered.TieredSpec`
+(a fast and a durable backend) opens as a :class:`~.tiered.TieredBackend`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import ConfigError
 from ._url import BackendURL, parse_backend_url
 from .base import AsyncBackend, Backend, Record, SessionInfo, Touch
+from .tiered import TieredBackend, TieredSpec
 
 if TYPE_CHECKING:
     from .threaded import ThreadedAsyncBackend
@@ -26,6 +28,8 @@ __all__ = [
     "Record",
     "SessionInfo",
     "ThreadedAsyncBackend",
+    "TieredBackend",
+    "TieredSpec",
     "Touch",
     "as_async",
     "open_async_backend",
@@ -87,8 +91,10 @@ def _build(spec: str, key_prefix: str, factory_name: str) -> Any:
     return backend
 
 
-def open_backend(spec: str | Backend, *, key_prefix: str = "sessmw:") -> Backend:
-    """Return the sync backend for a URL (or ``spec`` itself when it already is a backend)."""
+def open_backend(spec: str | Backend | TieredSpec, *, key_prefix: str = "sessmw:") -> Backend:
+    """Return the sync backend for a URL or a tiered pair (or ``spec`` itself when it already is a backend)."""
+    if isinstance(spec, TieredSpec):
+        return _open_tiered(spec, key_prefix)
     if not isinstance(spec, str):
         if isinstance(spec, Backend):
             return spec
@@ -97,7 +103,25 @@ def open_backend(spec: str | Backend, *, key_prefix: str = "sessmw:") -> Backend
     return backend
 
 
-def open_async_backend(spec: str | Backend | AsyncBackend, *, key_prefix: str = "sessmw:") -> AsyncBackend:
+def _open_tiered(spec: TieredSpec, key_prefix: str) -> TieredBackend:
+    """Open both tiers of ``spec`` with ``key_prefix``; an error in the durable one names ``durable_backend``."""
+    fast = open_backend(spec.fast, key_prefix=key_prefix)
+    try:
+        durable = open_backend(spec.durable, key_prefix=key_prefix)
+    except ConfigError as exc:
+        if fast is not spec.fast:
+            fast.close()
+        raise ConfigError(f"durable_backend: {exc.message}", option="durable_backend") from exc
+    try:
+        return TieredBackend(fast, durable, write_every=spec.write_every, refresh_every=spec.refresh_every)
+    except ConfigError:
+        for opened, given in ((fast, spec.fast), (durable, spec.durable)):
+            if opened is not given:
+                opened.close()
+        raise
+
+
+def open_async_backend(spec: str | Backend | AsyncBackend | TieredSpec, *, key_prefix: str = "sessmw:") -> AsyncBackend:
     """Return an asyncio backend for a URL: the native one where the client has it, else threaded."""
     if not isinstance(spec, str):
         if isinstance(spec, AsyncBackend):

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from sessionmw.backends import AsyncBackend, Backend, Record, Touch, open_async_backend, open_backend
+from sessionmw.backends import AsyncBackend, Backend, Record, TieredSpec, Touch, open_async_backend, open_backend
 from sessionmw.core.cookies import new_session_id
 from sessionmw.core.locking import new_lock_token
 
-from ..conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
+from ..conftest import BACKENDS, REDIS_TOPOLOGIES, TIERED, backend_url_for
 
 
 def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
@@ -33,14 +33,14 @@ def rec(data: bytes = b'{"a":1}', **kw: Any) -> Record:
     return Record(data=data, **base)
 
 
-@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES)
-def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str:
-    """Every backend kind, and Redis behind Sentinel and as a Cluster too."""
+@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES + TIERED)
+def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str | TieredSpec:
+    """Every backend kind, Redis behind Sentinel and as a Cluster, and tiered pairs (a :class:`TieredSpec`)."""
     return backend_url_for(request.param, request, shared_tmp)
 
 
 @pytest.fixture
-def backend(backend_url: str, key_prefix: str) -> Iterator[Backend]:
+def backend(backend_url: str | TieredSpec, key_prefix: str) -> Iterator[Backend]:
     b = open_backend(backend_url, key_prefix=key_prefix)
     yield b
     b.close()
