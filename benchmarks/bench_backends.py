@@ -178,6 +178,12 @@ class RoundTrips:
         for name in ("_fetch_cmd", "_store_cmd", "_misc_cmd"):  # raw_command goes through _misc_cmd
             if hasattr(mc.Client, name):
                 setattr(mc.Client, name, cls._wrap(getattr(mc.Client, name)))
+        try:  # the meta commands, sent several at once in one write (sessionmw's memcached backend)
+            import sessionmw.backends.memcached.placement as placement
+        except ImportError:
+            return
+        if hasattr(placement, "exchange"):
+            placement.exchange = cls._wrap(placement.exchange)  # type: ignore[attr-defined]
 
     @classmethod
     def _wrap(cls, fn: Any) -> Any:
