@@ -1,8 +1,10 @@
 """The ``sessionmw`` command line: administration of a site's sessions, and the demo app.
 
 Every command takes ``--backend URL`` (or ``SESSIONMW_BACKEND``) and ``--key-prefix`` (or
-``SESSIONMW_KEY_PREFIX``); ``--json`` prints one JSON document for scripts. Errors are one line on
-stderr with exit code 1 (2 for usage errors, as click does); never a traceback.
+``SESSIONMW_KEY_PREFIX``), and for a tiered store ``--durable-backend URL`` (or
+``SESSIONMW_DURABLE_BACKEND``), the durable tier behind ``--backend``. ``--json`` prints one JSON
+document for scripts. Errors are one line on stderr with exit code 1 (2 for usage errors, as click
+does); never a traceback.
 """
 
 from __future__ import annotations
@@ -54,16 +56,33 @@ def backend_options(func: F) -> F:
         show_default=True,
         help="The site's key prefix.",
     )(func)
+    func = durable_option(func)
     func = click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL.")(func)
     return func
 
 
+def durable_option(func: F) -> F:
+    """Add ``--durable-backend``: the durable tier of a tiered store, behind ``--backend``."""
+    return click.option(
+        "--durable-backend",
+        envvar="SESSIONMW_DURABLE_BACKEND",
+        default=None,
+        help="Durable backend URL behind --backend (a tiered store).",
+    )(func)
+
+
+def _where(backend: str, durable_backend: str | None) -> str:
+    if durable_backend is None:
+        return _display(backend)
+    return f"{_display(backend)} + {_display(durable_backend)}"
+
+
 @contextmanager
-def _store(backend: str, key_prefix: str) -> Iterator[Any]:
+def _store(backend: str, key_prefix: str, durable_backend: str | None = None) -> Iterator[Any]:
     from .store import SessionStore
 
     try:
-        store = SessionStore(backend, key_prefix=key_prefix)
+        store = SessionStore(backend, key_prefix=key_prefix, durable_backend=durable_backend)
     except SessionError as exc:
         _fail(str(exc))
     try:
@@ -90,14 +109,14 @@ def main() -> None:
 @main.command("list")
 @backend_options
 @click.option("--user", "user_id", default=None, help="Only this user's sessions.")
-def list_(backend: str, key_prefix: str, as_json: bool, user_id: str | None) -> None:
+def list_(backend: str, durable_backend: str | None, key_prefix: str, as_json: bool, user_id: str | None) -> None:
     """List sessions (never their data), oldest first."""
-    with _store(backend, key_prefix) as store:
+    with _store(backend, key_prefix, durable_backend) as store:
         infos = store.list_sessions(user_id=user_id)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in infos]))
         return
-    table = Table(title=f"{len(infos)} session(s) in {_display(backend)}")
+    table = Table(title=f"{len(infos)} session(s) in {_where(backend, durable_backend)}")
     table.add_column("session id", overflow="fold")  # wrapped, never cut: it is what `kill` takes
     for column in ("user", "created", "last access", "first IP", "last IP", "user agent"):
         table.add_column(column)
@@ -121,7 +140,14 @@ def list_(backend: str, key_prefix: str, as_json: bool, user_id: str | None) -> 
 @click.option("--all", "everything", is_flag=True, help="End every session of the site.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def kill(
-    backend: str, key_prefix: str, as_json: bool, sid: str | None, user_id: str | None, everything: bool, yes: bool
+    backend: str,
+    durable_backend: str | None,
+    key_prefix: str,
+    as_json: bool,
+    sid: str | None,
+    user_id: str | None,
+    everything: bool,
+    yes: bool,
 ) -> None:
     """End one session (SID), a user's sessions (--user) or all sessions (--all)."""
     chosen = [x for x in (sid is not None, user_id is not None, everything) if x]
@@ -131,14 +157,14 @@ def kill(
     if not yes:
         if not sys.stdin.isatty():
             _fail(f"refusing to end {what} without confirmation: add --yes")
-        click.confirm(f"End {what} in {_display(backend)}?", abort=True)
-    with _store(backend, key_prefix) as store:
+        click.confirm(f"End {what} in {_where(backend, durable_backend)}?", abort=True)
+    with _store(backend, key_prefix, durable_backend) as store:
         if sid is not None:
             ended = 1 if store.terminate(sid) else 0
             if not ended:
                 if as_json:
                     click.echo(json.dumps({"ended": 0}))
-                _fail(f"no session {sid[:12]}… in {_display(backend)}")
+                _fail(f"no session {sid[:12]}… in {_where(backend, durable_backend)}")
         elif user_id is not None:
             ended = store.terminate_user(user_id)
         else:
@@ -151,16 +177,17 @@ def kill(
 
 @main.command()
 @backend_options
-def gc(backend: str, key_prefix: str, as_json: bool) -> None:
+def gc(backend: str, durable_backend: str | None, key_prefix: str, as_json: bool) -> None:
     """Remove expired sessions and their index entries."""
-    with _store(backend, key_prefix) as store:
+    with _store(backend, key_prefix, durable_backend) as store:
         if as_json:
             removed = store.gc()
         else:
             with Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console
             ) as progress:
-                task = progress.add_task(f"collecting expired sessions in {_display(backend)}", total=None)
+                where = _where(backend, durable_backend)
+                task = progress.add_task(f"collecting expired sessions in {where}", total=None)
                 removed = store.gc()
                 progress.update(task, total=1, completed=1)
     if as_json:
@@ -171,21 +198,26 @@ def gc(backend: str, key_prefix: str, as_json: bool) -> None:
 
 @main.command()
 @backend_options
-def stats(backend: str, key_prefix: str, as_json: bool) -> None:
+def stats(backend: str, durable_backend: str | None, key_prefix: str, as_json: bool) -> None:
     """Show figures: sessions, users, oldest, and the store's own (memcached evictions...)."""
-    with _store(backend, key_prefix) as store:
+    with _store(backend, key_prefix, durable_backend) as store:
         figures = store.stats()
     evicted = figures.get("evictions", 0) or figures.get("evicted_keys", 0)
     if as_json:
         click.echo(json.dumps(figures))
     else:
-        table = Table(title=f"sessions in {_display(backend)}")
+        table = Table(title=f"sessions in {_where(backend, durable_backend)}")
         table.add_column("figure")
         table.add_column("value", justify="right")
         for name, value in figures.items():
             table.add_row(name, _when(value) if name == "oldest" else f"{value:g}")
         console.print(table)
-    if evicted:
+    if evicted and "fast_available" in figures:
+        err_console.print(
+            f"[yellow]note:[/] the fast tier evicted {evicted:g} item(s); the durable tier keeps every session, "
+            "so these cost reads from it, not sessions"
+        )
+    elif evicted:
         err_console.print(
             f"[yellow]warning:[/] the store evicted {evicted:g} item(s): evicted sessions are lost sessions "
             "(give it more memory, or use a store that does not evict)"
@@ -194,32 +226,36 @@ def stats(backend: str, key_prefix: str, as_json: bool) -> None:
 
 @main.command("init-db")
 @click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="SQL backend URL.")
+@durable_option
 @click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
-def init_db(backend: str, key_prefix: str) -> None:
-    """Create the sessions table of an SQL backend (it is also created on first use)."""
+def init_db(backend: str, durable_backend: str | None, key_prefix: str) -> None:
+    """Create the sessions table of an SQL backend, or of a tiered store's durable tier (also done on first use)."""
     from ..backends import open_backend
 
+    sql = backend if durable_backend is None else durable_backend
     try:
-        store: Any = open_backend(backend, key_prefix=key_prefix)
+        store: Any = open_backend(sql, key_prefix=key_prefix)
         if not hasattr(store, "create_tables"):
-            _fail(f"{_display(backend)} is not an SQL backend; it has no tables to create")
+            store.close()
+            _fail(f"{_display(sql)} is not an SQL backend; it has no tables to create")
         store.create_tables()
         store.close()
     except SessionError as exc:
         _fail(str(exc))
-    click.echo(f"tables ready in {_display(backend)}")
+    click.echo(f"tables ready in {_display(sql)}")
 
 
 @main.command()
 @click.option("--from", "source", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL to copy from.")
+@durable_option
 @click.option("--to", "target", required=True, help="Backend URL to copy to.")
 @click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def migrate(source: str, target: str, key_prefix: str, as_json: bool) -> None:
+def migrate(source: str, durable_backend: str | None, target: str, key_prefix: str, as_json: bool) -> None:
     """Copy every live session to another backend, keeping ids: nobody is logged out."""
     from ..backends import open_backend
 
-    with _store(source, key_prefix) as store:
+    with _store(source, key_prefix, durable_backend) as store:
         try:
             open_backend(target, key_prefix=key_prefix).close()  # a bad target fails before any copying
         except SessionError as exc:
@@ -232,7 +268,7 @@ def migrate(source: str, target: str, key_prefix: str, as_json: bool) -> None:
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=err_console,
             ) as progress:  # fmt: skip
-                task = progress.add_task(f"{_display(source)} → {_display(target)}", total=total)
+                task = progress.add_task(f"{_where(source, durable_backend)} → {_display(target)}", total=total)
                 copied = store.migrate(target, progress=lambda n: progress.advance(task, n))
     if as_json:
         click.echo(json.dumps({"copied": copied}))

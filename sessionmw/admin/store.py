@@ -11,7 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from ..backends import Backend, SessionInfo, open_backend
+from ..backends import Backend, SessionInfo, TieredSpec, open_backend
 from ..backends.base import AdminBackend, Record
 from ..core.errors import ConfigError
 
@@ -38,9 +38,26 @@ class SessionStore:
 
     :param backend: a backend URL or instance, as given to the middleware.
     :param key_prefix: the site's key prefix (the middleware's ``key_prefix``).
+    :param durable_backend: for a tiered store, the durable backend behind ``backend`` (the
+        middleware's ``durable_backend``): sessions are listed from it, and ended in both tiers.
+    :param durable_write_every: the middleware's ``durable_write_every`` (only ``migrate`` into this
+        store would write, so it rarely matters here).
     """
 
-    def __init__(self, backend: str | Backend, *, key_prefix: str = "sessmw:") -> None:
+    def __init__(
+        self,
+        backend: str | Backend | TieredSpec,
+        *,
+        key_prefix: str = "sessmw:",
+        durable_backend: str | Backend | None = None,
+        durable_write_every: int = 1,
+    ) -> None:
+        if durable_backend is not None:
+            if isinstance(backend, TieredSpec):
+                raise ConfigError(
+                    "backend is a tiered store already; leave durable_backend None", option="durable_backend"
+                )
+            backend = TieredSpec(backend, durable_backend, write_every=durable_write_every)
         self.backend = open_backend(backend, key_prefix=key_prefix)
         if not isinstance(self.backend, AdminBackend):
             raise ConfigError(f"{self.backend.name} does not support administration", option="backend")
@@ -92,7 +109,8 @@ class SessionStore:
     def stats(self) -> dict[str, float]:
         """Figures: ``sessions`` (live), ``users`` (distinct bound users), ``oldest`` (creation time of
         the oldest live session, 0 if none), and what the store itself reports (memcached
-        ``evictions``, Redis ``evicted_keys``...)."""
+        ``evictions``, Redis ``evicted_keys``...; for a tiered store ``durable_*`` and ``fast_*``
+        figures, ``fast_available`` and the fast tier's ``evictions``)."""
         sessions = 0
         users: set[str] = set()
         oldest = 0.0
@@ -111,7 +129,7 @@ class SessionStore:
 
     def migrate(
         self,
-        to: str | Backend,
+        to: str | Backend | TieredSpec,
         *,
         to_key_prefix: str | None = None,
         progress: Callable[[int], Any] | None = None,

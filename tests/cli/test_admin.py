@@ -17,13 +17,13 @@ from starlette.testclient import TestClient
 from sessionmw import SessionStore
 
 from ..apps import make_starlette_app
-from ..conftest import BACKENDS, REDIS_TOPOLOGIES, backend_url_for
+from ..conftest import BACKENDS, REDIS_TOPOLOGIES, TIERED, backend_url_for
 from ..integration.test_middleware_conformance import SECRET, client_for, put_cookie, sid_of
 
 
-@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES)
-def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> str:
-    """Every backend kind, and Redis behind Sentinel and as a Cluster too."""
+@pytest.fixture(params=BACKENDS + REDIS_TOPOLOGIES + TIERED)
+def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> Any:
+    """Every backend kind, Redis behind Sentinel and as a Cluster, and tiered pairs (a TieredSpec)."""
     return backend_url_for(request.param, request, shared_tmp)
 
 
