@@ -1,6 +1,9 @@
 """Flask with server-side sessions; options in app.config.
 
-Run:  flask --app examples.flask_app run
+Routes: GET /        count this browser's visits (holds the session lock)
+        GET /status  the count, read-only (no lock)
+
+Run:  flask --app examples.flask_app run   (sessions in files, in the system temp directory)
 On Redis:      SESSION_BACKEND=redis://127.0.0.1:6379/0 flask --app examples.flask_app run
 On memcached:  SESSION_BACKEND=memcached://127.0.0.1:11211 flask --app examples.flask_app run
 """
@@ -8,6 +11,7 @@ On memcached:  SESSION_BACKEND=memcached://127.0.0.1:11211 flask --app examples.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from flask import Flask, session
 
@@ -17,7 +21,9 @@ from sessionmw.flask import FlaskSession
 app = Flask(__name__)
 app.config.update(
     SECRET_KEY=os.environ.get("APP_SECRET_KEY", "change-me"),
-    SESSION_BACKEND=os.environ.get("SESSION_BACKEND", "file:///tmp/flask-sessions"),
+    SESSION_BACKEND=os.environ.get(
+        "SESSION_BACKEND", "file://" + os.path.join(tempfile.gettempdir(), "sessionmw-flask-example")
+    ),
     SESSION_COOKIE_PREFIX="flask_",
     SESSION_IDLE_TIMEOUT=3600,
     SESSION_LOCK_TIMEOUT=30,

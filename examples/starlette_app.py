@@ -1,6 +1,8 @@
 """Starlette: a drop-in for starlette.middleware.sessions.SessionMiddleware.
 
-Run:  uvicorn examples.starlette_app:app --port 8000
+Routes: GET /  increment a counter in the session (holds the session lock)
+
+Run:  uvicorn examples.starlette_app:app --port 8000   (sessions in files, in the system temp directory)
 On Redis:      SESSIONMW_BACKEND=redis://127.0.0.1:6379/0 uvicorn examples.starlette_app:app
 On memcached:  SESSIONMW_BACKEND=memcached://127.0.0.1:11211 uvicorn examples.starlette_app:app
 """
@@ -8,6 +10,7 @@ On memcached:  SESSIONMW_BACKEND=memcached://127.0.0.1:11211 uvicorn examples.st
 from __future__ import annotations
 
 import os
+import tempfile
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,7 +33,9 @@ app = Starlette(
         Middleware(
             SessionMiddleware,
             secret_key=os.environ.get("APP_SECRET_KEY", "change-me"),
-            backend=os.environ.get("SESSIONMW_BACKEND", "file:///tmp/starlette-sessions"),
+            backend=os.environ.get(
+                "SESSIONMW_BACKEND", "file://" + os.path.join(tempfile.gettempdir(), "sessionmw-starlette-example")
+            ),
         )
     ],
 )

@@ -1,6 +1,8 @@
 """Any WSGI app: the session is environ["sessionmw.session"].
 
-Run:  python examples/wsgi_app.py     (then open http://127.0.0.1:8000/)
+Routes: any path  count this visitor's requests (holds the session lock)
+
+Run:  python examples/wsgi_app.py     (then open http://127.0.0.1:8000/; sessions in the system temp directory)
 On Redis:      SESSIONMW_BACKEND=redis://127.0.0.1:6379/0 python examples/wsgi_app.py
 On memcached:  SESSIONMW_BACKEND=memcached://127.0.0.1:11211 python examples/wsgi_app.py
 """
@@ -8,6 +10,7 @@ On memcached:  SESSIONMW_BACKEND=memcached://127.0.0.1:11211 python examples/wsg
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import make_server
@@ -27,7 +30,9 @@ def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 app = WSGISessionMiddleware(
     hello,
     secret_key=os.environ.get("APP_SECRET_KEY", "change-me"),
-    backend=os.environ.get("SESSIONMW_BACKEND", "file:///tmp/wsgi-sessions"),
+    backend=os.environ.get(
+        "SESSIONMW_BACKEND", "file://" + os.path.join(tempfile.gettempdir(), "sessionmw-wsgi-example")
+    ),
     idle_timeout=3600,
 )
 
