@@ -138,8 +138,9 @@ class Pooled:
         """After a failed command: close the pool's idle connections, which most likely lead to a dead master.
 
         A new Sentinel connection asks the sentinels where the master is. A Cluster client reloads its
-        slot table after a failed node itself, but for asyncio's pipelines (the lock's SET and GET),
-        which do so only when closed first, as redis-py's own pipeline retry does.
+        slot table after a failed node itself, but for asyncio's pipelines (the lock's SET and GET):
+        those are given the reload here (closing the client instead, as redis-py's own pipeline retry
+        does, would break the commands other requests have under way on it).
         """
         client = self._client
         if isinstance(client, redis_py.Redis):
