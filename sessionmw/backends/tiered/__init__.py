@@ -13,7 +13,10 @@ How it works, and why:
   tier and refills the fast one with ``create`` (never over a copy that is there), then reads the
   durable tier once more: whoever ends a session deletes it from the durable tier first and the fast
   tier second, so either that second read sees it gone (and the copy is removed), or the delete comes
-  after the copy and removes it. An ended session never comes back from the durable tier.
+  after the copy and removes it. An ended session never comes back from the durable tier. A miss
+  under a lock is not refilled at once (a fast tier's ``save`` may insist on finding what its lock
+  found, i.e. nothing): that request's write goes through to the durable tier first, as a due write
+  would, and then to the fast tier; if it writes nothing, its release refills the fast tier.
 * Writes: every ``create`` goes to both tiers, the durable one first (it is the registry, and the
   judge of whether an id is free). A ``save`` goes to the fast tier, and through to the durable one
   when ``record.version % write_every == 0`` (the core raises the version by one on every write, and

@@ -40,6 +40,8 @@ class _Held(NamedTuple):
     durable: bool
     #: Last access of the record loaded with the lock (``None``: no record), for the durable refresh.
     loaded_access: float | None
+    #: The record came from the durable tier (a fast miss): the fast tier has no copy yet.
+    missed: bool = False
 
 
 class _Wrote(enum.Enum):
@@ -282,13 +284,17 @@ class TieredBackend:
             return locked, record
         if not locked:
             return False, None
+        missed = False
         if record is None:
+            # Not refilled here: the fast tier's save may insist on finding what the lock found (none).
+            # The save or release of this token puts the session back (see save and release).
             try:
-                record = self._fill(sid)
+                record = self.durable.load(sid)
             except BaseException:
                 self._release_fast(sid, token)
                 raise
-        self._remember(token, _Held(False, None if record is None else record.last_access))
+            missed = record is not None
+        self._remember(token, _Held(False, None if record is None else record.last_access, missed))
         return True, record
 
     def load(self, sid: str) -> Record | None:
@@ -324,7 +330,9 @@ class TieredBackend:
             self._delete_fast(sid)  # any copy there is older now
             return True
         try:
-            if record.version % self.write_every == 0:
+            # After a miss the write goes through too: the durable tier then also says whether the
+            # session was ended meanwhile, before the fast tier gets a copy again.
+            if record.version % self.write_every == 0 or (held is not None and held.missed):
                 return self._save_through(sid, record, token, ttl)
             if self._fast(self.fast.save, sid, record, token, ttl):
                 self._refresh_durable(sid, record, ttl, held)
@@ -404,6 +412,8 @@ class TieredBackend:
             released = False
         if touch is not None:
             self._durable_best_effort(self.durable.touch, sid, touch)
+        if held is not None and held.missed:
+            self._fill(sid)  # the session was read from the durable tier: put it back in the fast one
         return released
 
     def touch(self, sid: str, touch: Touch) -> None:
