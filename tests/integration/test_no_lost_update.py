@@ -15,11 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 
-from ..conftest import BACKENDS, backend_url_for, free_port, stop_process
+from sessionmw.backends import TieredSpec
+
+from ..conftest import BACKENDS, TIERED, backend_url_for, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
@@ -89,16 +92,26 @@ def hammer(base: str) -> int:
     return int(state["session"]["n"])
 
 
-def env_for(url: str, key_prefix: str) -> dict[str, str]:
-    return {
+def env_for(url: Any, key_prefix: str) -> dict[str, str]:
+    """The app's options as environment variables; a tiered pair becomes SESSIONMW_DURABLE_BACKEND too."""
+    env = {
         "SESSIONMW_SECRET_KEY": "socket-test",
-        "SESSIONMW_BACKEND": url,
         "SESSIONMW_KEY_PREFIX": key_prefix,
         "SESSIONMW_LOCK_TIMEOUT": "60",
     }
+    if isinstance(url, TieredSpec):
+        assert isinstance(url.fast, str) and isinstance(url.durable, str)
+        env["SESSIONMW_BACKEND"] = url.fast
+        env["SESSIONMW_DURABLE_BACKEND"] = url.durable
+        env["SESSIONMW_DURABLE_WRITE_EVERY"] = str(url.write_every)
+    else:
+        env["SESSIONMW_BACKEND"] = url
+    return env
 
 
-UVICORN_BACKENDS = [p for p in BACKENDS if p.id != "memory"]
+#: Tiered: memcached in front of SQLite (every write through, and every third) and of PostgreSQL.
+UVICORN_TIERED = [p for p in TIERED if p.id.startswith("tiered-memcached-")]
+UVICORN_BACKENDS = [p for p in BACKENDS if p.id != "memory"] + UVICORN_TIERED
 
 
 @pytest.mark.parametrize("kind", UVICORN_BACKENDS)
