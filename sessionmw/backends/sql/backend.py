@@ -6,6 +6,7 @@ See the package's notes (:mod:`sessionmw.backends.sql`) for why each is shaped s
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import weakref
@@ -18,10 +19,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from ...core.errors import BackendUnavailable
 from ..base import Record, Touch
-from .table import DEFAULT_TABLE, Statements, check_names, make_table
+from .table import DEFAULT_TABLE, Prepared, Statements, check_names, make_table
 from .watchdog import Watch, Watchdog, fileno
 
-__all__ = ["PING_AFTER", "SQLBackend"]
+__all__ = ["PING_AFTER", "WRITE", "SQLBackend"]
 
 #: Rows per page of :meth:`SQLBackend.iter_records` (one short transaction each).
 _PAGE = 1000
@@ -31,6 +32,25 @@ _PAGE = 1000
 PING_AFTER = 1.0
 
 _USED = "sessionmw_used"
+
+#: The execution option that marks a write transaction (SQLite begins it ``IMMEDIATE``, see :mod:`.config`).
+WRITE = "sessionmw_write"
+
+
+# SQLite lets one writer in at a time, and a writer that finds the database locked sleeps in its busy
+# handler (1, 2, 5, 10 ms, ... up to 100 ms a nap), not woken when the lock is freed: under 16 threads
+# that made p99 hundreds of milliseconds. Threads of one process therefore take turns on a mutex per
+# database file first, which hands over the moment a writer commits; SQLite's busy handler only
+# arbitrates between processes. Keyed by the file's real path, so every backend on it shares one.
+_WRITE_TURNS: dict[str, threading.Lock] = {}
+
+
+def _forget_write_turns() -> None:
+    _WRITE_TURNS.clear()  # a turn held by a thread of the parent would never be released in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_write_turns)
 
 
 def _dispose(engine: Engine, watchdog: Watchdog | None) -> None:
@@ -49,6 +69,8 @@ class SQLBackend(Statements):
     :param password: a password to scrub from error messages.
     :param call_limit: seconds after which a call still waiting on the server has its socket cut (for
         drivers without a read timeout); ``None``: never.
+    :param busy_timeout: SQLite: seconds a write waits for the other writers of this process (SQLite's
+        own busy timeout bounds the wait for other processes).
     """
 
     def __init__(
@@ -60,6 +82,7 @@ class SQLBackend(Statements):
         key_prefix: str = "sessmw:",
         password: str | None = None,
         call_limit: float | None = None,
+        busy_timeout: float = 10.0,
     ) -> None:
         check_names(table, key_prefix)
         self.name = name
@@ -73,8 +96,13 @@ class SQLBackend(Statements):
         self._password = password
         self._ready = False
         self._ready_mutex = threading.Lock()
-        t = self.table
-        self._record_cols = (t.c.data, t.c.last_access, t.c.last_ip, t.c.expires, t.c.ttl_until)
+        # The same pool; its transactions carry the WRITE option.
+        self._writer = engine.execution_options(**{WRITE: True})
+        self._sql = Prepared(self.table, engine.dialect.update_returning)
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._turn_key = os.path.realpath(database) if database else None
+        self._busy_timeout = busy_timeout
+        self._record_cols = self._sql.record_cols
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -92,7 +120,7 @@ class SQLBackend(Statements):
     def create_tables(self) -> None:
         """Create the sessions table and any of its indexes that are missing (idempotent, safe to race)."""
         try:
-            with self.engine.connect() as conn:
+            with self._writer.connect() as conn:
                 self._create_once(conn, lambda c: self.metadata.create_all(c, checkfirst=True))
                 # Each index on its own: a table made by an older version (without the ttl_until index
                 # gc needs), or left half-made by a process that lost a race, gets what it lacks.
@@ -123,17 +151,25 @@ class SQLBackend(Statements):
                 self.create_tables()
 
     @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """One short transaction on a live connection; connection failures become :class:`BackendUnavailable`."""
+    def _begin(self, write: bool = True) -> Iterator[Connection]:
+        """One short transaction on a live connection; connection failures become :class:`BackendUnavailable`.
+
+        :param write: the transaction writes (SQLite then takes its write lock when it begins).
+        """
         self._ensure_tables()
         watchdog = self._watchdog
         watch = watchdog.enter() if watchdog is not None else None
         try:
-            with self.engine.connect() as conn:
+            with (self._writer if write else self.engine).connect() as conn:
                 try:
                     self._check_alive(conn, watch)
-                    with conn.begin():
-                        yield conn
+                    turn = self._write_turn() if write and self._turn_key is not None else None
+                    try:
+                        with conn.begin():
+                            yield conn
+                    finally:
+                        if turn is not None:
+                            turn.release()
                     conn.connection.info[_USED] = time.monotonic()
                 finally:
                     if watch is not None and watchdog is not None and watchdog.leave(watch):
@@ -151,6 +187,18 @@ class SQLBackend(Statements):
         finally:
             if watch is not None and watchdog is not None:
                 watchdog.leave(watch)  # also when no connection could be had
+
+    def _write_turn(self) -> threading.Lock:
+        """Wait for this process's turn to write the SQLite file (see ``_WRITE_TURNS``); return the held mutex."""
+        assert self._turn_key is not None
+        turn = _WRITE_TURNS.get(self._turn_key) or _WRITE_TURNS.setdefault(self._turn_key, threading.Lock())
+        if not turn.acquire(timeout=self._busy_timeout):
+            raise BackendUnavailable(
+                f"SQL backend {self.name} is unavailable: database is locked "
+                f"(other writers of this process held it for {self._busy_timeout:g} s)",
+                backend=self.name,
+            )
+        return turn
 
     def _check_alive(self, conn: Connection, watch: Watch | None) -> None:
         """Ping a connection that has been idle a while, replacing it if it is dead (a server restart,
@@ -179,98 +227,83 @@ class SQLBackend(Statements):
 
     def lock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
         """Try once to lock ``sid`` (taking over an expired lock); when taken, return its record too."""
-        t = self.table
-        key = self._key(sid)
+        sql = self._sql
         now = time.time()
-        stmt = (
-            sa.update(t)
-            .where(t.c.sid == key, sa.or_(t.c.lock_token.is_(None), t.c.lock_until < now))
-            .values(lock_token=token, lock_until=now + expire)
-        )
+        where = {"p_key": self._key(sid), "p_now": now}
         with self._begin() as conn:
+            result = conn.execute(sql.lock, {**where, "p_token": token, "p_until": now + expire})
             if self.engine.dialect.update_returning:
-                row = conn.execute(stmt.returning(*self._record_cols)).mappings().first()
+                row = result.mappings().first()
                 if row is not None:
                     return True, self._to_record(row, now)
-            elif conn.execute(stmt).rowcount == 1:
-                row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == key)).mappings().first()
+            elif result.rowcount == 1:
+                row = conn.execute(sql.select, where).mappings().first()
                 return True, None if row is None else self._to_record(row, now)
             # Not ours: either someone else holds it, or there is no row (nothing to lock, nothing to load).
-            exists = conn.execute(sa.select(t.c.sid).where(t.c.sid == key)).first()
+            exists = conn.execute(sql.exists, where).first()
         return (exists is None), None
 
     def load(self, sid: str) -> Record | None:
         """Return the record of ``sid`` without locking, or ``None``."""
-        t = self.table
         now = time.time()
-        with self._begin() as conn:
-            row = conn.execute(sa.select(*self._record_cols).where(t.c.sid == self._key(sid))).mappings().first()
+        with self._begin(write=False) as conn:
+            row = conn.execute(self._sql.select, {"p_key": self._key(sid)}).mappings().first()
         return None if row is None else self._to_record(row, now)
 
     def create(self, sid: str, record: Record, ttl: float | None) -> bool:
         """Insert a new session if ``sid`` is unused (a row past its TTL counts as unused)."""
-        t = self.table
         key = self._key(sid)
         now = time.time()
         values = self._columns(record, ttl, now)
         try:
             with self._begin() as conn:
-                conn.execute(sa.insert(t).values(sid=key, state=0, lock_token=None, lock_until=None, **values))
+                conn.execute(
+                    self._sql.insert, {"sid": key, "state": 0, "lock_token": None, "lock_until": None, **values}
+                )
             return True
         except sa_exc.IntegrityError:
             pass  # rolled back; the connection went back to the pool clean
-        # The id is taken, unless by a row past its TTL: take that one over.
-        dead = sa.or_(t.c.data.is_(None), sa.and_(t.c.ttl_until.is_not(None), t.c.ttl_until <= now))
+        # The id is taken, unless by a row past its TTL: take that one over. (A second transaction, as
+        # the failed INSERT ends the first on PostgreSQL; it runs only when a fresh id was in use.)
         with self._begin() as conn:
-            result = conn.execute(
-                sa.update(t).where(t.c.sid == key, dead).values(state=0, lock_token=None, lock_until=None, **values)
-            )
-            return result.rowcount == 1
+            params = {"p_key": key, "p_now": now, "state": 0, "lock_token": None, "lock_until": None, **values}
+            return conn.execute(self._sql.revive, params).rowcount == 1
 
     def save(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """Store ``record`` and release the lock in one ``UPDATE``, only if ``token`` still holds it."""
-        t = self.table
         now = time.time()
-        values = self._columns(record, ttl, now)
-        stmt = sa.update(t).where(self._holds(self._key(sid), token, now))
+        params = {"p_key": self._key(sid), "p_token": token, "p_now": now, "lock_token": None, "lock_until": None}
+        params.update(self._columns(record, ttl, now))
         with self._begin() as conn:
-            return conn.execute(stmt.values(lock_token=None, lock_until=None, **values)).rowcount == 1
+            return conn.execute(self._sql.save, params).rowcount == 1
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
-        t = self.table
-        key = self._key(sid)
         now = time.time()
+        params = {"p_key": self._key(sid), "p_token": token, "p_now": now}
         with self._begin() as conn:
-            if touch is not None:
-                alive = sa.or_(t.c.ttl_until.is_(None), t.c.ttl_until > now)
-                conn.execute(
-                    sa.update(t).where(self._holds(key, token, now), alive).values(**self._touch_columns(touch, now))
-                )
-            stmt = sa.update(t).where(self._holds(key, token, now)).values(lock_token=None, lock_until=None)
-            return conn.execute(stmt).rowcount == 1
+            if touch is None:
+                return conn.execute(self._sql.release, params).rowcount == 1
+            params.update(self._touch_params(touch, now))
+            return conn.execute(self._sql.release_touch, params).rowcount == 1
 
     def touch(self, sid: str, touch: Touch) -> None:
         """Refresh last access of a live session without a lock and without rewriting its data."""
-        t = self.table
         now = time.time()
-        stmt = sa.update(t).where(t.c.sid == self._key(sid), self._live(now)).values(**self._touch_columns(touch, now))
         with self._begin() as conn:
-            conn.execute(stmt)
+            conn.execute(self._sql.touch, {"p_key": self._key(sid), "p_now": now, **self._touch_params(touch, now)})
 
     def extend(self, sid: str, token: str, expire: float) -> bool:
         """Push the lock's expiry to ``expire`` seconds from now, if ``token`` still holds it."""
-        t = self.table
         now = time.time()
-        stmt = sa.update(t).where(self._holds(self._key(sid), token, now)).values(lock_until=now + expire)
+        params = {"p_key": self._key(sid), "p_token": token, "p_now": now, "p_until": now + expire}
         with self._begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(self._sql.extend, params).rowcount == 1
 
     def delete(self, sid: str) -> None:
         """Delete the session's row; a lock held on it goes too, and its holder's save then fails."""
-        t = self.table
         with self._begin() as conn:
-            conn.execute(sa.delete(t).where(t.c.sid == self._key(sid)))
+            conn.execute(self._sql.delete, {"p_key": self._key(sid)})
 
     def close(self) -> None:
         """Close every pooled connection (the backend reconnects if it is used again)."""
@@ -292,7 +325,7 @@ class SQLBackend(Statements):
             query = sa.select(t.c.sid, *self._record_cols).where(self._prefix_range(), self._live(now))
             if last is not None:
                 query = query.where(t.c.sid > last)
-            with self._begin() as conn:
+            with self._begin(write=False) as conn:
                 rows = conn.execute(query.order_by(t.c.sid).limit(_PAGE)).mappings().all()
             for row in rows:
                 key: str = row["sid"]
@@ -312,7 +345,7 @@ class SQLBackend(Statements):
         query = sa.select(t.c.sid, *self._record_cols).where(
             t.c.user_id == wanted[:255], self._prefix_match(), self._live(now)
         )
-        with self._begin() as conn:
+        with self._begin(write=False) as conn:
             rows = conn.execute(query.order_by(t.c.sid)).mappings().all()
         found: list[tuple[str, Record]] = []
         for row in rows:
@@ -337,6 +370,6 @@ class SQLBackend(Statements):
         now = time.time()
         dead = sa.func.sum(sa.case((self._dead(now), 1), else_=0))
         query = sa.select(sa.func.count(), dead).select_from(t).where(self._prefix_match())
-        with self._begin() as conn:
+        with self._begin(write=False) as conn:
             rows, expired = conn.execute(query).one()
         return {"rows": float(rows or 0), "expired_rows": float(expired or 0)}

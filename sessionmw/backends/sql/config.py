@@ -10,11 +10,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
 from ...core.errors import ConfigError
 from .._url import BackendURL, positive_float, positive_int
-from .backend import SQLBackend
+from .backend import WRITE, SQLBackend
 from .table import DEFAULT_TABLE
 
 __all__ = ["DRIVER_OPTIONS", "from_url"]
@@ -100,10 +100,17 @@ def _connect_args(
     return {}
 
 
-def _sqlite_pragmas(busy_ms: int) -> Any:
+def _sqlite_on_connect(busy_ms: int) -> Any:
+    """The ``connect`` hook of a SQLite engine: transactions begun by :func:`_sqlite_on_begin`, a busy
+    timeout, WAL and ``synchronous = NORMAL``."""
+
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy's recipe (its SQLite dialect's notes, "Transactions with SQLite and the sqlite3
+        # driver"): the driver emits no BEGIN of its own, on_begin emits the one each transaction needs.
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
+            # A writer waits up to the busy timeout for another's write lock, inside SQLite: no retries here.
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
             # WAL is kept in the database file, so only a new database is switched. Switching needs the
             # database to itself and answers "database is locked" at once, busy timeout or not, when
@@ -117,10 +124,25 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
                     break
                 except sqlite3.OperationalError:
                     time.sleep(0.005 * (attempt + 1))
+            # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit survives the
+            # application's crash, and a power loss can only roll back the last ones, never corrupt.
+            # FULL would hold the write lock for an fsync per commit (0.2 ms against 0.014 ms here).
+            cur.execute("PRAGMA synchronous = NORMAL")
         finally:
             cur.close()
 
     return on_connect
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """The ``begin`` hook of a SQLite engine: ``BEGIN IMMEDIATE`` for a write, a deferred ``BEGIN`` otherwise.
+
+    A write transaction takes SQLite's write lock at its start, waiting for it under the busy timeout;
+    begun deferred, it would take it at its first write and could then fail at once with "database is
+    locked" when another writer committed since its first read. Reads never wait for a writer (WAL).
+    """
+    write = conn.get_execution_options().get(WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
@@ -147,6 +169,7 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
             password=url.password,
             # libpq has no read timeout: past statement_timeout and a margin, the watchdog cuts the socket.
             call_limit=statement_timeout + max(1.0, statement_timeout / 2) if driver in _NO_READ_TIMEOUT else None,
+            busy_timeout=statement_timeout,
         )
     except ConfigError:
         engine.dispose()
@@ -213,5 +236,6 @@ def _create_engine(
         text = str(exc).replace(url.password, "***") if url.password else str(exc)
         raise ConfigError(f"SQL backend URL {url.display!r}: {text}", option="backend") from None
     if dialect == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas(int(statement_timeout * 1000)))
+        sa.event.listen(engine, "connect", _sqlite_on_connect(int(statement_timeout * 1000)))
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
     return engine
