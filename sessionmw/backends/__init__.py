@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import ConfigError
 from ._url import BackendURL, parse_backend_url
 from .base import AsyncBackend, Backend, Record, SessionInfo, Touch
-from .tiered import TieredBackend, TieredSpec
 
 if TYPE_CHECKING:
     from .threaded import ThreadedAsyncBackend
+    from .tiered import TieredBackend, TieredSpec
 
 __all__ = [
     "AsyncBackend",
@@ -93,6 +93,8 @@ def _build(spec: str, key_prefix: str, factory_name: str) -> Any:
 
 def open_backend(spec: str | Backend | TieredSpec, *, key_prefix: str = "sessmw:") -> Backend:
     """Return the sync backend for a URL or a tiered pair (or ``spec`` itself when it already is a backend)."""
+    from .tiered import TieredSpec  # here, not at the top: the core imports this package, never a tier
+
     if isinstance(spec, TieredSpec):
         return _open_tiered(spec, key_prefix)
     if not isinstance(spec, str):
@@ -105,6 +107,8 @@ def open_backend(spec: str | Backend | TieredSpec, *, key_prefix: str = "sessmw:
 
 def _open_tiered(spec: TieredSpec, key_prefix: str) -> TieredBackend:
     """Open both tiers of ``spec`` with ``key_prefix``; an error in the durable one names ``durable_backend``."""
+    from .tiered import TieredBackend
+
     fast = open_backend(spec.fast, key_prefix=key_prefix)
     try:
         durable = open_backend(spec.durable, key_prefix=key_prefix)
@@ -147,4 +151,8 @@ def __getattr__(name: str) -> Any:
         from .threaded import ThreadedAsyncBackend
 
         return ThreadedAsyncBackend
+    if name in ("TieredBackend", "TieredSpec"):
+        from . import tiered
+
+        return getattr(tiered, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
