@@ -388,6 +388,74 @@ def test_gc_deletes_only_expired_rows_of_its_prefix(url: str) -> None:
         upper.close()
 
 
+class _Counted:
+    """Transactions begun and statements run on a backend's engine (SQLAlchemy's events), a ``BEGIN`` not counted."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.transactions = 0
+        self.statements: list[str] = []
+
+    def _begin(self, _conn: Any) -> None:
+        self.transactions += 1
+
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            self.statements.append(statement)
+
+    def __enter__(self) -> _Counted:
+        sa.event.listen(self.engine, "begin", self._begin)
+        sa.event.listen(self.engine, "before_cursor_execute", self._statement)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "begin", self._begin)
+        sa.event.remove(self.engine, "before_cursor_execute", self._statement)
+
+
+def test_each_primitive_is_one_transaction_of_one_statement(backend: SQLBackend) -> None:
+    # A read-write request is lock_and_load then save (or release): under load each transaction
+    # holds SQLite's write lock or a row lock, so none is split, and none runs a statement it can spare.
+    sid, token = new_session_id(), new_lock_token()
+    assert backend.create(sid, rec(), ttl=60)
+    returning = backend.engine.dialect.update_returning  # MySQL/MariaDB read the row after locking it
+    touch = Touch(time.time(), "10.0.0.9", time.time() + 600, 60)
+    steps: list[tuple[str, Callable[[], object], int]] = [
+        ("lock_and_load", lambda: backend.lock_and_load(sid, token, 30), 1 if returning else 2),
+        ("extend", lambda: backend.extend(sid, token, 30), 1),
+        ("save", lambda: backend.save(sid, rec(b'{"a":2}'), token, 60), 1),
+        ("lock again", lambda: backend.lock_and_load(sid, token, 30), 1 if returning else 2),
+        ("release with a touch", lambda: backend.release(sid, token, touch), 1),
+        ("load", lambda: backend.load(sid), 1),
+        ("touch", lambda: backend.touch(sid, touch), 1),
+        ("delete", lambda: backend.delete(sid), 1),
+    ]
+    for name, call, statements in steps:
+        with _Counted(backend.engine) as counted:
+            assert call() is not False, name
+        assert counted.transactions == 1, f"{name}: {counted.transactions} transactions"
+        assert len(counted.statements) == statements, f"{name}: {counted.statements}"
+    assert backend.load(sid) is None
+
+
+def test_release_with_a_touch_touches_only_a_session_within_its_ttl(backend: SQLBackend) -> None:
+    # One UPDATE releases the lock and touches the row; past its TTL the row is released untouched.
+    sid, token = new_session_id(), new_lock_token()
+    assert backend.create(sid, rec(last_ip="1.1.1.1"), ttl=60)
+    assert backend.lock_and_load(sid, token, 30)[0]
+    later = time.time() + 5
+    assert backend.release(sid, token, Touch(later, None, later + 600, 60))
+    got = backend.load(sid)
+    assert got is not None and got.last_access == later and got.last_ip == "1.1.1.1", "no IP given: kept"
+    assert backend.lock_and_load(sid, token, 30)[0]
+    with backend._begin() as conn:
+        conn.execute(sa.update(backend.table).values(ttl_until=time.time() - 1))
+    assert backend.release(sid, token, Touch(later + 5, "2.2.2.2", later + 600, 60))
+    with backend._begin(write=False) as conn:
+        row = conn.execute(sa.select(backend.table)).mappings().one()
+    assert row["lock_token"] is None and row["last_access"] == later and row["last_ip"] == "1.1.1.1"
+
+
 def test_gc_of_a_locked_session_is_not_undone_by_its_save(backend: SQLBackend) -> None:
     sid = new_session_id()
     assert backend.create(sid, rec(b'{"v":0}', expires=time.time() - 1), ttl=60)

@@ -119,6 +119,7 @@ class SQLBackend(Statements):
 
     def create_tables(self) -> None:
         """Create the sessions table and any of its indexes that are missing (idempotent, safe to race)."""
+        turn = self._write_turn() if self._turn_key is not None else None
         try:
             with self._writer.connect() as conn:
                 self._create_once(conn, lambda c: self.metadata.create_all(c, checkfirst=True))
@@ -128,6 +129,9 @@ class SQLBackend(Statements):
                     self._create_once(conn, functools.partial(index.create, checkfirst=True))
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
+        finally:
+            if turn is not None:
+                turn.release()
         self._ready = True
 
     @staticmethod
