@@ -25,9 +25,27 @@ How it works, and why:
 * Locking an id with no row does not create one: it answers ``(True, None)``, and releasing or saving
   that token afterwards matches no row, which is harmless. No placeholder row is ever visible.
 * Times are wall-clock epoch seconds (``time.time()``), comparable across processes and hosts.
-* Every call is one short transaction; nothing is held open between calls. A pooled connection idle
-  for more than :data:`PING_AFTER` is pinged first (and replaced when the server dropped it); one in
-  steady use is not, so a call costs no extra round trip (SQLAlchemy's ``pool_pre_ping`` pings always).
+* Every call is one short transaction of one statement (two where MySQL/MariaDB must read the row
+  it just locked, having no ``UPDATE ... RETURNING``); nothing is held open between calls. Releasing
+  with a touch is one ``UPDATE`` whose ``CASE`` touches only a row within its TTL.
+* The statements of the per-request calls are built once per backend with bound parameters
+  (:class:`~.table.Prepared`): each call finds its compiled form in SQLAlchemy's cache at once
+  (building one costs about 100 µs of Python), and psycopg prepares the unchanging SQL text on the
+  server after a few executions (its ``prepare_threshold``).
+* SQLite under concurrent writers, following SQLAlchemy's recipe for the ``sqlite3`` driver: the
+  driver emits no ``BEGIN`` of its own (``isolation_level = None``), a ``begin`` hook emits
+  ``BEGIN IMMEDIATE`` for a write transaction (marked by the :data:`~.backend.WRITE` execution option)
+  and a deferred ``BEGIN`` for a read. A write waits for the write lock when it begins, under the
+  busy timeout (``socket_timeout``), rather than failing at once with "database is locked" when it
+  cannot upgrade; no call retries on its own. The file is switched to WAL (readers never wait for the
+  writer) with ``synchronous = NORMAL`` (no fsync per commit: a commit survives the application's
+  crash, and a power loss can roll back only the last ones). SQLite's busy handler naps (1, 2, 5, ...
+  up to 100 ms) and is not woken by a commit, so the threads of one process take turns on a mutex
+  per database file first (handed over at once, waited for at most the busy timeout); the busy
+  handler only arbitrates between processes. Under 16 threads this took p99 from about 270 ms to 40.
+* A pooled connection idle for more than :data:`PING_AFTER` is pinged first (and replaced when the
+  server dropped it); one in steady use is not, so a call costs no extra round trip (SQLAlchemy's
+  ``pool_pre_ping`` pings always).
 * libpq has no read timeout: for PostgreSQL a watchdog thread cuts the socket of a call still waiting
   past ``socket_timeout`` and a margin, so a server process that stopped answering cannot hang a worker.
 * ``ttl_until`` is the TTL safety net: a row past it loads as missing and may be re-created.
@@ -39,7 +57,8 @@ How it works, and why:
 
 Where each part lives: :mod:`.table` (the table and the pieces of statements), :mod:`.watchdog` (the
 thread that bounds calls of drivers with no read timeout), :mod:`.backend` (:class:`SQLBackend`: its
-connections and primitives), :mod:`.config` (the URL, the engine and the driver's options).
+connections, primitives and SQLite's write turns), :mod:`.config` (the URL, the engine, the driver's
+options and SQLite's connect and begin hooks).
 """
 
 from __future__ import annotations
