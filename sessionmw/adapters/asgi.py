@@ -24,7 +24,7 @@ from ..core.readonly import is_read_only
 from ..core.route import Route
 from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
-from .common import ErrorResponse, add_vary_cookie, backend_spec, logger, unavailable_body
+from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, logger, unavailable_body
 
 __all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
 
@@ -117,6 +117,7 @@ class SessionMiddleware:
         self.settings = build_settings(**options)
         self.core = SessionCore(self.settings)
         self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
+        bound_failover_wait(self.backend, self.settings)
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.error_response: ErrorResponse = error_response or unavailable_body
         self._routes: dict[tuple[str, str, str], Route] = {}

@@ -10,10 +10,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, AnyStr
 
+from ..backends.base import WaitsForFailover
 from ..core.config import Settings
 from ..core.errors import ConfigError, SessionUnavailable
 
-__all__ = ["ErrorResponse", "add_vary_cookie", "backend_spec", "default_backend_url", "unavailable_body"]
+__all__ = [
+    "ErrorResponse",
+    "add_vary_cookie",
+    "backend_spec",
+    "bound_failover_wait",
+    "default_backend_url",
+    "unavailable_body",
+]
 
 logger = logging.getLogger("sessionmw")
 
@@ -69,3 +77,9 @@ def add_vary_cookie(
                 headers[i] = (key, value + sep + cookie)
             return
     headers.append((name, cookie))
+
+
+def bound_failover_wait(backend: object, settings: Settings) -> None:
+    """Keep a backend's wait for a failover (``failover_wait``) within ``lock_timeout``."""
+    if isinstance(backend, WaitsForFailover):
+        backend.cap_failover_wait(settings.lock_timeout)

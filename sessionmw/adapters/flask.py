@@ -26,7 +26,7 @@ from ..core.readonly import is_read_only
 from ..core.route import EXCLUDED, READ_WRITE, Route
 from ..core.session import Session
 from ..drivers.sync import SyncDriver, SyncRequest
-from .common import backend_spec
+from .common import backend_spec, bound_failover_wait
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
@@ -211,6 +211,7 @@ class FlaskSession:
         )
         core = SessionCore(settings)
         backend = open_backend(backend_spec(settings), key_prefix=settings.key_prefix)
+        bound_failover_wait(backend, settings)
         state = _State(core, SyncDriver(backend, settings.lock_expire), backend)
         app.extensions["sessionmw"] = state
         app.session_interface = FlaskSessionInterface(state)

@@ -18,7 +18,7 @@ from ..core.errors import SessionUnavailable
 from ..core.policy import RequestInfo, SessionCore
 from ..core.session import Session
 from ..drivers.sync import SyncDriver, SyncRequest
-from .common import ErrorResponse, add_vary_cookie, backend_spec, unavailable_body
+from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, unavailable_body
 
 __all__ = ["ENVIRON_KEY", "StartResponse", "WSGIApp", "WSGIEnviron", "WSGISessionMiddleware"]
 
@@ -52,6 +52,7 @@ class WSGISessionMiddleware:
         self.settings = build_settings(secret_key=secret_key, **options)
         self.core = SessionCore(self.settings)
         self.backend = open_backend(backend_spec(self.settings), key_prefix=self.settings.key_prefix)
+        bound_failover_wait(self.backend, self.settings)
         self.driver = SyncDriver(self.backend, self.settings.lock_expire)
         self.error_response: ErrorResponse = error_response or unavailable_body
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "AdminBackend",
+    "WaitsForFailover",
     "AsyncBackend",
     "Backend",
     "Record",
@@ -256,4 +257,13 @@ class AdminBackend(Protocol):
 
     def stats(self) -> dict[str, float]:
         """Return figures of the store itself, such as memcached's ``evictions`` or Redis' ``evicted_keys``."""
+        ...
+
+
+@runtime_checkable
+class WaitsForFailover(Protocol):
+    """A backend that waits out a server failover (Redis Sentinel, Cluster) before answering unavailable."""
+
+    def cap_failover_wait(self, lock_timeout: float) -> None:
+        """Never wait for a failover longer than ``lock_timeout``, a middleware setting the URL cannot see."""
         ...

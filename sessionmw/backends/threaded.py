@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from anyio import to_thread
 
-from .base import Backend, Record, Touch
+from .base import Backend, Record, Touch, WaitsForFailover
 
 __all__ = ["ThreadedAsyncBackend"]
 
@@ -20,6 +20,11 @@ class ThreadedAsyncBackend:
     def __init__(self, backend: Backend) -> None:
         self.sync = backend
         self.name = backend.name
+
+    def cap_failover_wait(self, lock_timeout: float) -> None:
+        """Pass the bound on failover waits to the wrapped backend, when it waits for failovers."""
+        if isinstance(self.sync, WaitsForFailover):
+            self.sync.cap_failover_wait(lock_timeout)
 
     async def alock_and_load(self, sid: str, token: str, expire: float) -> tuple[bool, Record | None]:
         """See :meth:`Backend.lock_and_load`."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple, ParamSpec, TypeVar
 
 from ...core.errors import BackendUnavailable, ConfigError
-from ..base import AdminBackend, Backend, Record, Touch
+from ..base import AdminBackend, Backend, Record, Touch, WaitsForFailover
 
 __all__ = ["MAX_TRACKED", "REFILL_TTL_MARGIN", "WRITE_WINDOW", "TieredBackend"]
 
@@ -439,6 +439,12 @@ class TieredBackend:
         """Remove the session from the durable tier first, then from the fast one, so it never comes back."""
         self.durable.delete(sid)
         self._delete_fast(sid)
+
+    def cap_failover_wait(self, lock_timeout: float) -> None:
+        """Pass the bound on failover waits to each tier that waits for failovers (Redis Sentinel, Cluster)."""
+        for tier in (self.fast, self.durable):
+            if isinstance(tier, WaitsForFailover):
+                tier.cap_failover_wait(lock_timeout)
 
     def close(self) -> None:
         """Close both tiers."""
