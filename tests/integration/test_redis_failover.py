@@ -95,9 +95,12 @@ class Topology:
 def sentinel_topology(folder: Path) -> Iterator[Topology]:
     """One master, one replica, three sentinels (quorum 2), all on loopback."""
     binary = redis_binary()
-    master = private_redis("failover master", *FAST_SYNC)
+    # --dir: a replica's full sync writes an RDB file, which belongs in the test's folder, not the checkout
+    master = private_redis("failover master", *FAST_SYNC, "--dir", str(folder))
     assert master is not None
-    replica = private_redis("failover replica", *FAST_SYNC, "--replicaof", "127.0.0.1", str(master.port))
+    replica = private_redis(
+        "failover replica", *FAST_SYNC, "--dir", str(folder), "--replicaof", "127.0.0.1", str(master.port)
+    )
     assert replica is not None
     sentinels: list[ServerProcess] = []
     for i in range(3):
