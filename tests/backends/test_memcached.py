@@ -741,3 +741,21 @@ def test_socket_timeout_is_the_same_option_as_on_redis() -> None:
         assert backend.timeout == 0.5  # type: ignore[attr-defined]
     finally:
         backend.close()
+
+
+def test_a_holder_past_its_deadline_is_fenced_when_memcached_dropped_its_lock_and_another_took_it(
+    backend: MemcachedBackend,
+) -> None:
+    sid = new_session_id()
+    backend.create(sid, rec(b'{"v":0}'), ttl=60)
+    node, _, lock_key = backend._locate(sid)
+    dead = new_lock_token()
+    assert backend.lock_and_load(sid, dead, 0.2)[0]
+    time.sleep(0.3)
+    node.client.delete(lock_key)  # memcached's own expiry of the lock item (it ticks in whole seconds)
+    t2 = new_lock_token()
+    assert backend.lock_and_load(sid, t2, 30)[0]  # a plain add: no takeover, the copy is unchanged
+    assert not backend.save(sid, rec(b'{"v":"dead"}'), dead, ttl=60), "the expired holder must not write"
+    assert backend.save(sid, rec(b'{"v":2}'), t2, ttl=60)
+    got = backend.load(sid)
+    assert got is not None and got.data == b'{"v":2}'

@@ -114,6 +114,8 @@ class MemcachedBackend(UserIndex, Enumeration):
         self._init_servers(make_nodes(servers, connect_timeout, timeout))
         self.name = name or "memcached://" + ",".join(self._nodes)
         self._holds: dict[str, Hold] = {}
+        # A write this close to the lock's deadline first checks the lock and pushes the deadline out.
+        self._write_margin_ms = int((timeout + 0.5) * 1000)
         # pymemcache's sockets have no finalizer: close them when a backend is dropped without close().
         self._finalizer = weakref.finalize(self, close_clients, [n.client for n in self._nodes.values()])
 
@@ -308,6 +310,8 @@ class MemcachedBackend(UserIndex, Enumeration):
         except RecordTooLarge:
             self._unlock_quietly(hold.lock_node, lock, hold.lock_cas)
             raise
+        if not self._still_ours(hold, lock):
+            return False  # the lock passed its deadline and is someone else's now, or gone
         # Index first (a session must never exist unindexed); an entry added for nothing is taken back.
         added = False
         try:
@@ -321,6 +325,38 @@ class MemcachedBackend(UserIndex, Enumeration):
             assert record.user_id is not None
             self._index_remove(record.user_id, [sid], quiet=True)
         return stored
+
+    def _still_ours(self, hold: Hold, lock: str) -> bool:
+        """Whether ``hold``'s lock is still its own when it writes; near or past its deadline, check and push it out.
+
+        Within the deadline nobody can take the lock, so the copies' CAS fence the write. Past it, the
+        lock may have expired in memcached and been added anew by another request that has not written
+        yet: the lock's own CAS tells (a new item has a new CAS), and pushing the deadline out keeps
+        anyone from taking it while this write is under way. A lock server that is out of service is
+        left to the copies' CAS (see the package's notes).
+        """
+        now = now_ms()
+        if now + self._write_margin_ms < hold.deadline_ms or hold.lock_node.down_until:
+            return True
+        deadline = now + 2 * self._write_margin_ms
+        try:
+            pushed = self._meta(
+                hold.lock_node,
+                [
+                    ms(
+                        lock,
+                        lock_value(hold.token, deadline),
+                        exptime(2 * self._write_margin_ms / 1000),
+                        cas=hold.lock_cas,
+                    )
+                ],
+            )[0]
+        except BackendUnavailable:
+            return True
+        if not pushed.ok or pushed.cas is None:
+            return False
+        hold.lock_cas, hold.deadline_ms = pushed.cas, deadline
+        return True
 
     def _write(
         self,

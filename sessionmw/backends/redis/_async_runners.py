@@ -127,12 +127,19 @@ class Pooled:
 
     async def run(self, *commands: tuple[Arg, ...]) -> Any:
         """Send the commands (several: in one pipeline); one reply, or a list of them."""
-        if len(commands) == 1:
-            return await self._client.execute_command(*commands[0])  # type: ignore[no-untyped-call, unused-ignore]
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return await pipe.execute()
+        try:
+            if len(commands) == 1:
+                return await self._client.execute_command(*commands[0])  # type: ignore[no-untyped-call, unused-ignore]
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+        except AttributeError as exc:
+            # redis-py (asyncio Cluster) may write on a connection that a failure of another request has
+            # just disconnected, whose writer is then None: a lost connection, waited out like one.
+            if "NoneType" not in str(exc):
+                raise
+            raise RedisConnectionError(f"connection lost while sending: {exc}") from exc
 
     async def load_script(self, script: str) -> None:
         """Load a script's source (on every primary of a Cluster)."""
