@@ -30,7 +30,10 @@ Why it is shaped so:
   tombstone means someone else wrote or ended the session: the write is dropped (``False``), copies
   already written are taken back, and an ended session is never resurrected. A lock past its deadline
   is taken over with CAS (one contender wins), and the new holder raises the copy's version, so the old
-  holder's write fails even if it comes before the new holder's. A holder whose lock server died finds,
+  holder's write fails even if it comes before the new holder's. memcached may also drop an expired lock item by itself
+  (it counts whole seconds), after which a new request adds a fresh lock without a takeover; so a
+  holder within ``timeout + 0.5`` s of its deadline, or past it, first checks its lock by CAS and pushes
+  the deadline out (one more round trip, only then). A holder whose lock server died finds,
   on the next server, the copy a later holder wrote, and is fenced the same way.
 * Ending a session replaces each of its copies by a tombstone (version above any write, kept as long as
   the copy would have lived), so a server that was away during the deletion cannot bring it back.
