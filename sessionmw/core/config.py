@@ -8,6 +8,7 @@ name is answered with the closest valid one.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +54,16 @@ class Settings:
     serializer: Any = "json"
     durable_backend: Any = None
     durable_write_every: int = 1
+    #: Callables (plain or coroutine functions) receiving every :class:`~sessionmw.SessionEvent`.
+    listeners: tuple[Callable[..., Any], ...] = ()
+    #: Seconds after which a session gets a new id on its next read-write request (``None``: never).
+    rotate_every: float | None = None
+    #: Seconds the id replaced by ``rotate_every`` still leads to the new session.
+    rotate_grace: float = 5.0
+    #: Keys encrypting records at rest (the first encrypts, all decrypt); empty: not encrypted.
+    encryption_key: tuple[bytes, ...] = ()
+    #: A session whose stored form is larger than this raises RecordTooLarge at write (``None``: no limit).
+    max_session_bytes: int | None = 512 * 1024
     #: Derived: the full cookie name (``cookie_prefix + session_cookie``).
     cookie_name: str = field(init=False)
     #: Derived: the Set-Cookie attribute tail.
@@ -74,40 +85,87 @@ class Settings:
         self._validate()
 
     def _validate(self) -> None:
-        _positive("lock_timeout", self.lock_timeout, allow_zero=True)
-        _positive("lock_expire", self.lock_expire)
-        _positive("touch_interval", self.touch_interval, allow_zero=True)
-        for name in ("idle_timeout", "absolute_timeout", "lock_warn"):
+        errors: list[ConfigError] = []
+
+        def check(test: Callable[[], None]) -> None:
+            try:
+                test()
+            except ConfigError as exc:
+                errors.append(exc)
+
+        check(lambda: _positive("lock_timeout", self.lock_timeout, allow_zero=True))
+        check(lambda: _positive("lock_expire", self.lock_expire))
+        check(lambda: _positive("touch_interval", self.touch_interval, allow_zero=True))
+        check(lambda: _positive("rotate_grace", self.rotate_grace, allow_zero=True))
+        for name in ("idle_timeout", "absolute_timeout", "lock_warn", "rotate_every"):
             value = getattr(self, name)
             if value is not None:
-                _positive(name, value)
-        if self.max_age is not None and not isinstance(self.max_age, int):
-            raise ConfigError(f"max_age must be an int or None, not {self.max_age!r}", option="max_age")
-        if not isinstance(self.max_waiters, int) or self.max_waiters < 0:
-            raise ConfigError(f"max_waiters must be an int >= 0, not {self.max_waiters!r}", option="max_waiters")
+                check(lambda name=name, value=value: _positive(name, value))  # type: ignore[misc]
+        if self.max_age is not None and not _is_int(self.max_age):
+            errors.append(ConfigError(f"max_age must be an int or None, not {self.max_age!r}", option="max_age"))
+        if not _is_int(self.max_waiters) or self.max_waiters < 0:
+            errors.append(
+                ConfigError(f"max_waiters must be an int >= 0, not {self.max_waiters!r}", option="max_waiters")
+            )
         if self.max_sessions_per_user is not None and (
-            not isinstance(self.max_sessions_per_user, int) or self.max_sessions_per_user < 1
+            not _is_int(self.max_sessions_per_user) or self.max_sessions_per_user < 1
         ):
-            raise ConfigError(
-                f"max_sessions_per_user must be an int >= 1 or None, not {self.max_sessions_per_user!r}",
-                option="max_sessions_per_user",
+            errors.append(
+                ConfigError(
+                    f"max_sessions_per_user must be an int >= 1 or None, not {self.max_sessions_per_user!r}",
+                    option="max_sessions_per_user",
+                )
             )
-        if not isinstance(self.durable_write_every, int) or self.durable_write_every < 1:
-            raise ConfigError("durable_write_every must be an int >= 1", option="durable_write_every")
+        if not _is_int(self.durable_write_every) or self.durable_write_every < 1:
+            errors.append(ConfigError("durable_write_every must be an int >= 1", option="durable_write_every"))
+        if self.max_session_bytes is not None and (not _is_int(self.max_session_bytes) or self.max_session_bytes < 1):
+            errors.append(
+                ConfigError(
+                    f"max_session_bytes must be an int >= 1 (bytes) or None, not {self.max_session_bytes!r}",
+                    option="max_session_bytes",
+                )
+            )
         if self.same_site is not None and self.same_site not in ("lax", "strict", "none"):
-            raise ConfigError(
-                f"same_site must be 'lax', 'strict' or 'none', not {self.same_site!r}", option="same_site"
+            errors.append(
+                ConfigError(
+                    f"same_site must be 'lax', 'strict' or 'none' (any case), not {self.same_site!r}",
+                    option="same_site",
+                )
             )
-        if not self.path.startswith("/"):
-            raise ConfigError(f"path must start with '/', not {self.path!r}", option="path")
+        elif self.same_site == "none" and not self.https_only:
+            errors.append(
+                ConfigError(
+                    "same_site='none' is accepted by browsers only with Secure: set https_only=True",
+                    option="same_site",
+                )
+            )
+        path_ok = isinstance(self.path, str) and self.path.startswith("/")
+        if not path_ok:
+            errors.append(ConfigError(f"path must start with '/', not {self.path!r}", option="path"))
         if not isinstance(self.key_prefix, str):
-            raise ConfigError("key_prefix must be a str", option="key_prefix")
-        check_cookie_name(self.cookie_name, secure=self.https_only, path=self.path, domain=self.domain)
-        if self.same_site == "none" and not self.https_only:
-            raise ConfigError(
-                "same_site='none' is accepted by browsers only with Secure: set https_only=True",
-                option="same_site",
+            errors.append(ConfigError("key_prefix must be a str", option="key_prefix"))
+        if path_ok:
+            check(
+                lambda: check_cookie_name(self.cookie_name, secure=self.https_only, path=self.path, domain=self.domain)
             )
+        for i, listener in enumerate(self.listeners):
+            if not callable(listener):
+                errors.append(
+                    ConfigError(
+                        f"listeners[{i}] must be a function or coroutine function taking a SessionEvent, "
+                        f"not {listener!r}",
+                        option="listeners",
+                    )
+                )
+        if self.encryption_key and importlib.util.find_spec("cryptography") is None:
+            errors.append(
+                ConfigError(
+                    "encryption_key needs the cryptography package: pip install 'sessionmw[crypto]'",
+                    option="encryption_key",
+                )
+            )
+        if errors:
+            raise ConfigError.combine(errors)
 
     @property
     def effective_touch_interval(self) -> float:
@@ -115,6 +173,10 @@ class Settings:
         if self.idle_timeout is not None:
             return min(self.touch_interval, self.idle_timeout / 4)
         return self.touch_interval
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
@@ -143,19 +205,48 @@ def unknown_option_error(name: str, valid: Iterable[str] = OPTION_NAMES, *, what
     return ConfigError(f"unknown {what} {name!r}{more}", option=name)
 
 
-def _as_keys(value: Any) -> tuple[str, ...]:
+def _as_keys(option: str, value: Any) -> tuple[str, ...]:
+    """Return a key option (``secret_key``, ``encryption_key``) as a tuple of str."""
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
     if isinstance(value, bytes):
-        return (value.decode(),)
-    if hasattr(value, "__str__") and type(value).__name__ == "Secret":  # starlette.datastructures.Secret
+        return (value.decode("utf-8", "surrogateescape"),)
+    if type(value).__name__ == "Secret":  # starlette.datastructures.Secret
         return (str(value),)
+    wrong = ConfigError(
+        f"{option} must be a str, bytes, or a list of them (the first is used, all are accepted), "
+        f"not {type(value).__name__}",
+        option=option,
+    )
+    if not isinstance(value, Iterable) or isinstance(value, Mapping):
+        raise wrong
     keys = []
     for k in value:
-        keys.append(k.decode() if isinstance(k, bytes) else str(k))
+        if isinstance(k, bytes):
+            keys.append(k.decode("utf-8", "surrogateescape"))
+        elif isinstance(k, str) or type(k).__name__ == "Secret":
+            keys.append(str(k))
+        else:
+            raise ConfigError(
+                f"{option} must be a str, bytes, or a list of them, not a list holding {type(k).__name__}",
+                option=option,
+            )
     return tuple(keys)
+
+
+def _as_listeners(value: Any) -> tuple[Callable[..., Any], ...]:
+    if value is None:
+        return ()
+    if callable(value):
+        return (value,)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(
+            f"listeners must be a list of functions taking a SessionEvent, not {type(value).__name__}",
+            option="listeners",
+        )
+    return tuple(value)
 
 
 def _as_patterns(option: str, value: Any) -> tuple[str, ...]:
@@ -170,23 +261,48 @@ def _as_patterns(option: str, value: Any) -> tuple[str, ...]:
 
 
 def build_settings(**options: Any) -> Settings:
-    """Return validated :class:`Settings` from keyword options; unknown names raise ConfigError."""
-    for name in options:
+    """Return validated :class:`Settings` from keyword options; every bad name or value is named at once."""
+    errors: list[ConfigError] = []
+    for name in list(options):
         if name not in OPTION_NAMES and name != "httponly":
-            raise unknown_option_error(name)
-    keys = _as_keys(options.pop("secret_key", None))
-    if not keys:
-        raise ConfigError(
-            "secret_key is required: it signs the session id in the cookie (a list rotates keys)",
-            option="secret_key",
-        )
-    options["read_only_paths"] = _as_patterns("read_only_paths", options.get("read_only_paths"))
-    options["exclude_paths"] = _as_patterns("exclude_paths", options.get("exclude_paths"))
-    options["lazy_paths"] = _as_patterns("lazy_paths", options.get("lazy_paths"))
+            errors.append(unknown_option_error(name))
+            del options[name]
+
+    def take(name: str, convert: Callable[[Any], Any]) -> None:
+        if name in options:
+            try:
+                options[name] = convert(options[name])
+            except ConfigError as exc:
+                errors.append(exc)
+                del options[name]
+
+    keys: tuple[str, ...] = ()
     try:
-        return Settings(secret_key=keys, **options)
+        keys = _as_keys("secret_key", options.pop("secret_key", None))
+        if not keys:
+            errors.append(
+                ConfigError(
+                    "secret_key is required: it signs the session id in the cookie (a list rotates keys)",
+                    option="secret_key",
+                )
+            )
+    except ConfigError as exc:
+        errors.append(exc)
+    for name in ("read_only_paths", "exclude_paths", "lazy_paths"):
+        take(name, lambda v, name=name: _as_patterns(name, v))  # type: ignore[misc]
+    take("listeners", _as_listeners)
+    take("encryption_key", lambda v: tuple(k.encode("utf-8", "surrogateescape") for k in _as_keys("encryption_key", v)))
+    if isinstance(options.get("same_site"), str):
+        options["same_site"] = options["same_site"].lower()
+    try:
+        settings = Settings(secret_key=keys or ("",), **options)
+    except ConfigError as exc:
+        errors.append(exc)
     except TypeError as exc:  # pragma: no cover - names are checked above
-        raise ConfigError(str(exc)) from exc
+        errors.append(ConfigError(str(exc)))
+    if errors:
+        raise ConfigError.combine(errors)
+    return settings
 
 
 # Conversions for values that arrive as strings (environment variables, .env-backed settings).
@@ -229,6 +345,9 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "touch_interval": float,
     "max_sessions_per_user": _to_opt_int,
     "durable_write_every": int,
+    "rotate_every": _to_opt_float,
+    "rotate_grace": float,
+    "max_session_bytes": _to_opt_int,
 }
 
 # Config keys whose name is not SESSION_ + the option's upper-cased name.

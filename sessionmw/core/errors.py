@@ -49,10 +49,21 @@ class ConfigError(SessionError, ValueError):
     :param option: the option's name, as the user spelled it.
     """
 
-    def __init__(self, message: str, *, option: str | None = None) -> None:
+    def __init__(self, message: str, *, option: str | None = None, options: tuple[str, ...] = ()) -> None:
         super().__init__(message)
-        #: The option at fault, or ``None`` when the error is not about one option.
-        self.option = option
+        #: The option at fault (the first, when several are), or ``None`` when none is named.
+        self.option = option if option is not None else (options[0] if options else None)
+        #: Every option at fault, in the order found.
+        self.options: tuple[str, ...] = options or ((option,) if option is not None else ())
+
+    @classmethod
+    def combine(cls, errors: list[ConfigError]) -> ConfigError:
+        """Return one error naming every option of ``errors`` (the error itself when there is one)."""
+        if len(errors) == 1:
+            return errors[0]
+        names = tuple(n for e in errors for n in e.options)
+        text = "; ".join(e.message for e in errors)
+        return cls(f"{len(errors)} configuration errors: {text}", options=names)
 
 
 class ReadOnlySessionError(SessionError):
