@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 
 #: Histogram bucket upper bounds in seconds, from a tenth of a millisecond (a backend round trip on
@@ -29,3 +30,8 @@ def require(module: str, *, package: str, extra: str, user: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{user} needs {package}: pip install 'sessionmw[{extra}]'", name=exc.name) from exc
+
+
+def operation_name(op: str) -> str:
+    """A backend operation's label value in snake_case: ``LockAndLoad`` -> ``lock_and_load``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", op).lower()

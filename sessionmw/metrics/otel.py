@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.events import SessionEvent
-from ._common import DURATION_BUCKETS, require
+from ._common import DURATION_BUCKETS, operation_name, require
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
@@ -123,12 +123,15 @@ class OpenTelemetryListener:
         """Time one backend operation, and make its span when there is a tracer."""
         attrs = self._backend_attrs.get(op)
         if attrs is None:
-            attrs = self._backend_attrs[op] = {"operation": op}
+            attrs = self._backend_attrs[op] = {"operation": operation_name(op)}
         self._backend.record(seconds, attrs)
         if self.tracer is not None:
             end = time.time_ns()
             span = self.tracer.start_span(
-                f"sessionmw {op}", kind=self._client_kind, attributes=attrs, start_time=end - round(seconds * 1e9)
+                f"sessionmw {attrs['operation']}",
+                kind=self._client_kind,
+                attributes=attrs,
+                start_time=end - round(seconds * 1e9),
             )
             span.end(end_time=end)
 

@@ -14,7 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..core.events import EVENT_KINDS, SessionEvent
-from ._common import DURATION_BUCKETS, KNOWN_REASONS, require
+from ._common import DURATION_BUCKETS, KNOWN_REASONS, operation_name, require
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -96,7 +96,7 @@ class _Collectors:
         """The histogram child of one backend operation."""
         child = self.backend_children.get(op)
         if child is None:
-            child = self.backend.labels(operation=op)
+            child = self.backend.labels(operation=operation_name(op))
             self.backend_children[op] = child
         return child
 

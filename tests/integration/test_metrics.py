@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,9 +27,19 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
+from sessionmw import SessionMiddleware, WSGISessionMiddleware
 from sessionmw.core.events import EVENT_KINDS, SessionEvent
 from sessionmw.metrics import DURATION_BUCKETS, OpenTelemetryListener, PrometheusListener
+
+from ..apps import STARLETTE_ROUTES, make_flask_app
+from ..apps import _wsgi_app as wsgi_test_app
 
 SECRET = "test-secret"
 
@@ -298,3 +309,235 @@ def test_two_opentelemetry_listeners_on_one_meter_add_up(otel: Any) -> None:
     OpenTelemetryListener(meter)(SessionEvent("created"))
     OpenTelemetryListener(meter)(SessionEvent("created"))
     assert otel_counts(otel_points(reader)["sessionmw.events"]) == {(("kind", "created"),): 2}
+
+
+# -- behind a real middleware -----------------------------------------------------------------
+
+ADAPTERS = ["asgi", "wsgi", "flask"]
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("redis", id="redis", marks=pytest.mark.service("redis")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """A memory backend of its own, or the test Redis server."""
+    if request.param == "memory":
+        return f"memory://metrics-{uuid.uuid4().hex[:8]}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+class Gate:
+    """What the ``/gate`` route does: count, say it holds the lock, and wait to be let go."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.open = threading.Event()
+
+    def hold(self, session: Any) -> None:
+        session["n"] = session.get("n", 0) + 1
+        self.inside.set()
+        assert self.open.wait(60), "the test never opened the gate"
+
+
+def make_app(adapter: str, gate: Gate, **options: Any) -> Any:
+    """The test app of tests/apps.py on ``adapter``, with a ``/gate`` route."""
+    options.setdefault("secret_key", SECRET)
+    if adapter == "asgi":
+
+        def gate_route(request: Request) -> PlainTextResponse:  # sync: Starlette runs it in a thread
+            gate.hold(request.session)
+            return PlainTextResponse("let go")
+
+        routes = [*STARLETTE_ROUTES, Route("/gate", gate_route)]
+        return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, **options)])
+    if adapter == "wsgi":
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ["PATH_INFO"] == "/gate":
+                gate.hold(environ["sessionmw.session"])
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"let go"]
+            return wsgi_test_app(environ, start_response)
+
+        return WSGISessionMiddleware(app, read_only_paths=("/view",), **options)
+    flask_app = make_flask_app(**options)
+
+    def flask_gate() -> str:
+        import flask
+
+        gate.hold(flask.session)
+        return "let go"
+
+    flask_app.add_url_rule("/gate", "gate", flask_gate)
+    return flask_app
+
+
+@contextmanager
+def client_for(app: Any, adapter: str) -> Iterator[httpx2.Client]:
+    """A client calling ``app`` in process: Starlette's TestClient, or httpx2 over WSGI."""
+    if adapter == "asgi":
+        with TestClient(app) as client:
+            yield client
+        return
+    with httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://testserver") as client:
+        yield client
+
+
+def workload(client: httpx2.Client, increments: int) -> None:
+    """Create a session, write it ``increments`` times, read it, regenerate it, log in, end it."""
+    assert client.get("/inc").json() == {"n": 1}
+    for i in range(increments):
+        assert client.get("/inc").json() == {"n": i + 2}
+    assert client.get("/view").status_code == 200
+    assert client.get("/regen").status_code == 200
+    assert client.get("/login/u1").status_code == 200
+    assert client.get("/invalidate").status_code == 200
+
+
+def until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for ``check()``; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def contend(client: httpx2.Client, gate: Gate, waiting: Callable[[], float]) -> None:
+    """Two requests of one session: ``/gate`` holds the lock until ``/inc`` is seen queued behind it."""
+    assert client.get("/inc").status_code == 200
+    results: dict[str, int] = {}
+
+    def get(path: str) -> None:
+        results[path] = client.get(path).status_code
+
+    holder = threading.Thread(target=get, args=("/gate",))
+    holder.start()
+    assert gate.inside.wait(30)
+    waiter = threading.Thread(target=get, args=("/inc",))
+    waiter.start()
+    try:
+        until("the second request to queue for the lock", lambda: waiting() == 1)
+    finally:
+        gate.open.set()
+        holder.join(30)
+        waiter.join(30)
+    assert results == {"/gate": 200, "/inc": 200}
+    assert client.get("/view").json()["session"] == {"n": 3}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_prometheus_after_a_workload(adapter: str, backend: str, key_prefix: str) -> None:
+    registry = CollectorRegistry()
+    app = make_app(adapter, Gate(), backend=backend, key_prefix=key_prefix, listeners=[PrometheusListener(registry)])
+    with client_for(app, adapter) as client:
+        workload(client, increments=5)
+    s = scrape(registry)
+    # 1 + 5 increments, then a read, a regenerate, a login (which regenerates) and the end.
+    assert events(s) == {"created": 1, "loaded": 5 + 4, "regenerated": 2, "bound": 1, "invalidated": 1}
+    op = "sessionmw_backend_operation_seconds_count"
+    assert sample(s, op, operation="create") == 3  # the first request, and each new id
+    assert sample(s, op, operation="lock_and_load") == 5 + 3  # every read-write request with a cookie
+    assert sample(s, op, operation="load") == 1  # the read-only one, without the lock
+    assert sample(s, op, operation="save") == 5
+    # A lock per read-write request with a cookie, each let go once; nobody waited.
+    assert sample(s, "sessionmw_lock_hold_seconds_count") == 5 + 3
+    assert sample(s, "sessionmw_lock_hold_seconds_bucket", le="+Inf") == 5 + 3
+    assert sample(s, "sessionmw_lock_wait_seconds_count") == 0
+    assert sample(s, "sessionmw_lock_waiting_requests") == 0
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_prometheus_sees_a_request_queue_for_the_lock(adapter: str, backend: str, key_prefix: str) -> None:
+    registry = CollectorRegistry()
+    gate = Gate()
+    app = make_app(adapter, gate, backend=backend, key_prefix=key_prefix, listeners=[PrometheusListener(registry)])
+
+    def waiting() -> float:
+        return sample(scrape(registry), "sessionmw_lock_waiting_requests")
+
+    with client_for(app, adapter) as client:
+        contend(client, gate, waiting)
+    s = scrape(registry)
+    assert sample(s, "sessionmw_events_total", kind="lock_waited", reason="") == 1
+    assert sample(s, "sessionmw_lock_wait_seconds_count") == 1
+    assert sample(s, "sessionmw_lock_wait_seconds_bucket", le="+Inf") == 1
+    # It waited at least as long as it took the test to see it queued: more than nothing.
+    assert sample(s, "sessionmw_lock_wait_seconds_bucket", le="0.0001") == 0
+    assert sample(s, "sessionmw_lock_wait_seconds_sum") > 0
+    assert sample(s, "sessionmw_lock_waiting_requests") == 0
+    assert sample(s, "sessionmw_lock_hold_seconds_count") == 2
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_opentelemetry_after_a_workload(adapter: str, backend: str, key_prefix: str, otel: Any) -> None:
+    meters, reader, tracers, spans = otel
+    gate = Gate()
+    listener = OpenTelemetryListener(meters.get_meter("sessionmw"), tracer=tracers.get_tracer("sessionmw"))
+    app = make_app(adapter, gate, backend=backend, key_prefix=key_prefix, listeners=[listener])
+    with client_for(app, adapter) as client:
+        workload(client, increments=2)
+        contend(
+            client, gate, lambda: sum(p.value for p in otel_points(reader).get("sessionmw.lock.waiting_requests", []))
+        )
+    points = otel_points(reader)
+    assert otel_counts(points["sessionmw.events"]) == {
+        (("kind", "created"),): 2,  # the workload's and the contention's
+        (("kind", "loaded"),): 2 + 4 + 3,
+        (("kind", "regenerated"),): 2,
+        (("kind", "bound"),): 1,
+        (("kind", "invalidated"),): 1,
+        (("kind", "lock_waited"),): 1,
+    }
+    (wait,) = points["sessionmw.lock.wait"]
+    assert wait.count == 1 and wait.bucket_counts[0] == 0
+    (hold,) = points["sessionmw.lock.hold"]
+    assert hold.count == (2 + 3) + 2
+    ops = {p.attributes["operation"]: p.count for p in points["sessionmw.backend.operation"]}
+    assert ops["create"] == 3 + 1 and ops["load"] == 1 + 1 and ops["save"] == 2 + 2
+    (waiting,) = points["sessionmw.lock.waiting_requests"]
+    assert waiting.value == 0
+    # One CLIENT span per backend operation, named after it.
+    finished = spans.get_finished_spans()
+    assert sorted({s.name for s in finished}) == sorted({f"sessionmw {op}" for op in ops})
+    assert len(finished) == sum(ops.values())
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "flask"])
+def test_opentelemetry_backend_spans_are_children_of_the_request_span(adapter: str, otel: Any) -> None:
+    # A sync app runs the request in the caller's thread, so a span current there is the request's.
+    meters, _, tracers, spans = otel
+    tracer = tracers.get_tracer("test")
+    listener = OpenTelemetryListener(meters.get_meter("sessionmw"), tracer=tracer)
+    app = make_app(adapter, Gate(), backend=f"memory://metrics-{uuid.uuid4().hex[:8]}", listeners=[listener])
+    with client_for(app, adapter) as client:
+        with tracer.start_as_current_span("GET /inc") as request_span:
+            assert client.get("/inc").status_code == 200
+    backend_spans = [s for s in spans.get_finished_spans() if s.name.startswith("sessionmw ")]
+    assert [s.name for s in backend_spans] == ["sessionmw create"]
+    assert backend_spans[0].parent is not None
+    assert backend_spans[0].parent.span_id == request_span.get_span_context().span_id
+
+
+def test_opentelemetry_listener_defaults_to_the_global_meter_provider() -> None:
+    # The global provider can be set once per process: in a child process, not in this one.
+    proc = run_python(
+        """
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from sessionmw.core.events import SessionEvent
+        from sessionmw.metrics import OpenTelemetryListener
+
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        OpenTelemetryListener()(SessionEvent("stale_id"))
+        (scope,) = reader.get_metrics_data().resource_metrics[0].scope_metrics
+        assert scope.scope.name == "sessionmw", scope.scope
+        (metric,) = scope.metrics
+        assert metric.name == "sessionmw.events"
+        assert [(dict(p.attributes), p.value) for p in metric.data.data_points] == [({"kind": "stale_id"}, 1)]
+        """
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
