@@ -86,6 +86,7 @@ SUBS: list[tuple[str, str]] = [
     ("AsyncRunner", "SyncRunner"),
     ("AsyncBackend", "Backend"),
     ("arun", "run"),
+    ("emit_async", "emit_sync"),
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -212,7 +212,9 @@ class FlaskSession:
         core = SessionCore(settings)
         backend = open_backend(backend_spec(settings), key_prefix=settings.key_prefix)
         bound_failover_wait(backend, settings)
-        state = _State(core, SyncDriver(backend, settings.lock_expire), backend)
+        driver = SyncDriver(backend, settings.lock_expire)
+        driver.listeners = core.listeners
+        state = _State(core, driver, backend)
         app.extensions["sessionmw"] = state
         app.session_interface = FlaskSessionInterface(state)
         app.teardown_request(_release_on_teardown)

@@ -54,6 +54,7 @@ class WSGISessionMiddleware:
         self.backend = open_backend(backend_spec(self.settings), key_prefix=self.settings.key_prefix)
         bound_failover_wait(self.backend, self.settings)
         self.driver = SyncDriver(self.backend, self.settings.lock_expire)
+        self.driver.listeners = self.core.listeners
         self.error_response: ErrorResponse = error_response or unavailable_body
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:

@@ -28,6 +28,9 @@ from collections.abc import Generator
 from ..backends.base import Record
 from .config import Settings
 from .cookies import IdSigner, format_delete_cookie, format_set_cookie, new_session_id
+from .errors import BackendUnavailable
+from .events import emit
+from .handles import handle_of
 from .lifetime import Lifetime
 from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
@@ -51,6 +54,7 @@ class Closing:
     signer: IdSigner
     serializer: Serializer
     lifetime: Lifetime
+    listening: bool
 
     def outcome(self, action: CookieAction | None, s: Session) -> Outcome:
         """Return what the response carries for the cookie ``action`` and the session's use so far."""
@@ -89,6 +93,27 @@ class Closing:
 
         Releases the lock even when writing fails.
         """
+        flow = self._close(s, now=now, req=req, on_modified=on_modified, refresh=refresh, signer=signer)
+        if not self.listening:
+            return (yield from flow)
+        try:
+            return (yield from flow)
+        except BackendUnavailable:
+            sid = s._state.stored_id or s._state.id
+            yield emit("backend_unavailable", req.path, None if sid is None else handle_of(sid), s._state.user_id)
+            raise
+
+    def _close(
+        self,
+        s: Session,
+        *,
+        now: float,
+        req: RequestFacts,
+        on_modified: bool,
+        refresh: bool,
+        signer: IdSigner | None,
+    ) -> Generator[Op, object, Outcome]:
+        """:meth:`close`, without the ``backend_unavailable`` event."""
         st = s._state
         if st.released:
             return self.outcome(None, s)
@@ -156,6 +181,8 @@ class Closing:
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
         saved = yield from Save(sid, new, token, ttl)
         st.token = None  # released by the save, or found lost (if it raised, close() releases)
+        if not saved and self.listening:
+            yield emit("write_dropped", req.path, handle_of(sid), st.user_id)
         if not saved:
             yield Log(
                 logging.ERROR,
@@ -193,15 +220,32 @@ class Closing:
                 st.id = new_session_id()
             else:  # pragma: no cover - 256-bit ids do not collide
                 raise RuntimeError("sessionmw: could not reserve a new session id")
+            if self.listening:
+                yield from self._created_events(st, stored, sid, req)
             limit = self.settings.max_sessions_per_user
             if limit is not None and st.bound_now and st.user_id is not None:
                 others = yield from UserSessions(st.user_id)
-                yield from self._end_oldest(others, keep={sid, stored}, room=limit - 1)
+                yield from self._end_oldest(others, keep={sid, stored}, room=limit - 1, req=req)
         elif stored is not None:
             action = CookieAction("delete")
         if stored is not None:
             yield Delete(stored)
+            if st.invalidated and self.listening:
+                old = st.record.user_id if st.record is not None else None
+                yield emit("invalidated", req.path, handle_of(stored), old)
         return action
+
+    def _created_events(
+        self, st: RequestState, stored: str | None, sid: str, req: RequestFacts
+    ) -> Generator[Op, object, None]:
+        """Tell the listeners that ``sid`` was stored: a new session, a regenerated one, a bound one."""
+        handle = handle_of(sid)
+        if stored is None or st.invalidated:
+            yield emit("created", req.path, handle, st.user_id)
+        else:
+            yield emit("regenerated", req.path, handle, st.user_id)
+        if st.bound_now:
+            yield emit("bound", req.path, handle, st.user_id)
 
     def abort(self, s: Session) -> Generator[Op, object, None]:
         """Release ``s``'s lock without writing anything: the app raised, or the response failed.
@@ -223,13 +267,16 @@ class Closing:
         s._state.frozen_reason = _RELEASED
 
     def _end_oldest(
-        self, sessions: list[tuple[str, Record]], *, keep: set[str | None], room: int
+        self, sessions: list[tuple[str, Record]], *, keep: set[str | None], room: int, req: RequestFacts
     ) -> Generator[Op, object, None]:
         """End a user's oldest sessions until ``room`` others are left (Moodle's concurrent-login limit)."""
-        others = sorted((rec.created, sid) for sid, rec in sessions if sid not in keep)
-        for _, sid in others[: max(0, len(others) - room)]:
+        others = sorted((rec.created, sid, rec.user_id) for sid, rec in sessions if sid not in keep)
+        for _, sid, user_id in others[: max(0, len(others) - room)]:
             yield Log(logging.INFO, "max_sessions_per_user: ending a user's oldest session")
             yield Delete(sid)
+            if self.listening:
+                # ``sid`` is the name the backend listed: already the stored handle.
+                yield emit("terminated", req.path, sid, user_id, "user_limit")
 
     def _has_content(self, s: Session) -> bool:
         """Whether a session is worth keeping: data, a bound user, or a timeout of its own."""

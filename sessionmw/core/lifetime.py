@@ -35,11 +35,17 @@ class Lifetime:
 
     def expired(self, rec: Record, now: float) -> bool:
         """Tell whether a stored session has passed its idle timeout or absolute lifetime."""
+        return self.expiry_reason(rec, now) is not None
+
+    def expiry_reason(self, rec: Record, now: float) -> str | None:
+        """Return ``"idle"`` or ``"absolute"`` when a stored session has timed out, else ``None``."""
         idle = rec.idle_timeout if rec.idle_override else self.idle_timeout
         if idle is not None and now - rec.last_access > idle:
-            return True
+            return "idle"
         absolute = self.absolute_timeout
-        return absolute is not None and now - rec.created > absolute
+        if absolute is not None and now - rec.created > absolute:
+            return "absolute"
+        return None
 
     def expiry(self, created: float, last_access: float, override: bool, idle: float | None) -> float | None:
         """Return when a session with these times ends, or ``None`` if it never times out."""

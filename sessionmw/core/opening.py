@@ -12,7 +12,9 @@ from typing import Any
 
 from ..backends.base import Record
 from .config import Settings
-from .errors import SessionLockTimeout, TooManyWaiters
+from .errors import BackendUnavailable, SessionLockTimeout, TooManyWaiters
+from .events import emit
+from .handles import handle_of
 from .lifetime import Lifetime
 from .locking import new_lock_token, wait_delays
 from .ops import Delete, Load, LockAndLoad, Log, Op, Queue, Release, Sleep
@@ -31,6 +33,8 @@ class Opening:
     settings: Settings
     serializer: Serializer
     lifetime: Lifetime
+    #: Listeners are configured: the flows yield events (:func:`~sessionmw.core.events.emit`).
+    listening: bool
 
     def open(
         self,
@@ -52,6 +56,27 @@ class Opening:
         Raises :class:`SessionLockTimeout` (or :class:`TooManyWaiters`) when the lock is not had in
         time; nothing is held then.
         """
+        flow = self._open(s, lock=lock, now=now, mono=mono, req=req, decode_later=decode_later)
+        if not self.listening:
+            return (yield from flow)
+        try:
+            return (yield from flow)
+        except BackendUnavailable:
+            sid = s._state.cookie_sid
+            yield emit("backend_unavailable", req.path, None if sid is None else handle_of(sid))
+            raise
+
+    def _open(
+        self,
+        s: Session,
+        *,
+        lock: bool | None,
+        now: float,
+        mono: float,
+        req: RequestFacts = NO_REQUEST,
+        decode_later: bool = False,
+    ) -> Generator[Op, object, None]:
+        """:meth:`open`, without the ``backend_unavailable`` event."""
         st = s._state
         sid = st.cookie_sid
         if sid is None:
@@ -68,13 +93,18 @@ class Opening:
             # An id we signed but do not hold (expired from the store, or deleted): never adopted.
             if token is not None:
                 yield Release(sid, token)
+            if self.listening:
+                yield emit("missing", req.path, handle_of(sid))
             return
-        if self.lifetime.expired(rec, now):
+        reason = self.lifetime.expiry_reason(rec, now)
+        if reason is not None:
             st.timed_out = True
             yield Delete(sid)
             if token is not None:
                 yield Release(sid, token)
             yield Log(logging.DEBUG, "session timed out; a new one starts (%s)", req.path or "?")
+            if self.listening:
+                yield emit("expired", req.path, handle_of(sid), rec.user_id, reason)
             return
         if decode_later:
             st.pending = rec.data
@@ -96,6 +126,8 @@ class Opening:
         st.user_bound = rec.user_id is not None
         st.idle_override = rec.idle_override
         st.idle_timeout = rec.idle_timeout if rec.idle_override else self.settings.idle_timeout
+        if self.listening:
+            yield emit("loaded", req.path, handle_of(sid), rec.user_id)
 
     def _acquire(
         self, st: RequestState, sid: str, token: str, mono: float, req: RequestFacts
@@ -111,6 +143,8 @@ class Opening:
                     break
                 if not queued:
                     if not (yield from Queue(sid, True, settings.max_waiters)):
+                        if self.listening:
+                            yield emit("too_many_waiters", req.path, handle_of(sid))
                         raise TooManyWaiters(
                             f"too many requests ({settings.max_waiters}) already wait for this "
                             "session's lock; try again shortly",
@@ -120,6 +154,8 @@ class Opening:
                     queued = True
                 delay = wait_delays(started, settings.lock_timeout, mono)
                 if delay is None:
+                    if self.listening:
+                        yield emit("lock_timeout", req.path, handle_of(sid), seconds=mono - started)
                     raise SessionLockTimeout(
                         f"the session is locked by another request and was not released within "
                         f"lock_timeout={settings.lock_timeout:g} s; try again shortly",
@@ -138,6 +174,8 @@ class Opening:
                 yield Log(logging.WARNING, "waited %.3f s for the session lock on %s", waited, path)
             else:
                 yield Log(logging.DEBUG, "waited %.3f s for the session lock on %s", waited, path)
+            if self.listening:
+                yield emit("lock_waited", req.path, handle_of(sid), seconds=waited)
         rec_: Record | None = rec
         return rec_
 

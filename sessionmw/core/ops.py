@@ -13,7 +13,8 @@ never guessed from its name:
 =============  =========================================================================
 
 The driver-side operations are :class:`Sleep` (wait for a lock), :class:`Queue` (join or leave the
-per-process queue of waiters) and :class:`Log` (a line for the ``sessionmw`` logger).
+per-process queue of waiters), :class:`Log` (a line for the ``sessionmw`` logger) and :class:`Emit` (an
+event for the listeners).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from ..backends.base import AsyncBackend, Backend, Record, Touch
+    from .events import SessionEvent
 
 __all__ = [
     "BackendOp",
     "Create",
     "Delete",
+    "Emit",
     "Extend",
     "Load",
     "LockAndLoad",
@@ -321,4 +324,19 @@ class Log:
         return f"Log({self.level}, {self.message % self.args!r})"
 
 
-Op = BackendOp[Any] | Sleep | Queue | Log
+class Emit:
+    """A :class:`~sessionmw.core.events.SessionEvent` for the listeners; the driver sends back ``None``.
+
+    The core yields one only when listeners are configured.
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: SessionEvent) -> None:
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"Emit({self.event!r})"
+
+
+Op = BackendOp[Any] | Sleep | Queue | Log | Emit

@@ -23,6 +23,7 @@ from typing import Any
 from .closing import Closing
 from .config import Settings
 from .cookies import IdSigner, find_cookie
+from .events import Listeners
 from .hooks import SessionHooks
 from .lifetime import Lifetime
 from .opening import Opening, set_route
@@ -49,6 +50,9 @@ class SessionCore(Opening, Closing):
         self.serializer = get_serializer(settings.serializer)
         self.lifetime = Lifetime(settings)
         self.routes = RouteRules(settings)
+        #: The configured listeners; the drivers call them (adapters give them to their driver).
+        self.listeners = Listeners(settings.listeners)
+        self.listening = bool(self.listeners.plain or self.listeners.coroutines)
 
     # -- before the app runs ------------------------------------------------------------------
 

@@ -7,12 +7,14 @@ sleeps and is woken, how locks are renewed) is the I/O layer in ``aio.py`` and `
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
 from ..backends.base import AsyncBackend
-from ..core.ops import BackendOp, Log, Op, Queue, Sleep
+from ..core.ops import BackendOp, Emit, Log, Op, Queue, Sleep
 from .common import DriverBase
+from .emit import emit_async, observe
 
 __all__ = ["AsyncRunner"]
 
@@ -30,6 +32,8 @@ class AsyncRunner(DriverBase):
         """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
         backend = self.backend
         inline = self._inline
+        listeners = self.listeners
+        timing = listeners.timing
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -41,7 +45,15 @@ class AsyncRunner(DriverBase):
             error = None
             try:
                 if isinstance(op, BackendOp):
-                    result = op.run(inline) if inline is not None else await op.arun(backend)
+                    if timing:
+                        started = time.perf_counter()
+                        try:
+                            result = op.run(inline) if inline is not None else await op.arun(backend)
+                        finally:
+                            observe(listeners.backend_call, type(op).__name__, time.perf_counter() - started)
+                        self._measure_lock(op, result)
+                    else:
+                        result = op.run(inline) if inline is not None else await op.arun(backend)
                     # What the op's type says must follow it (DriverBase._after, inlined: every op).
                     if op.holds:
                         if result[0]:
@@ -55,8 +67,13 @@ class AsyncRunner(DriverBase):
                     result = await self._sleep(op.sid, op.delay)
                 elif type(op) is Queue:
                     result = self._queue(op)
+                    if timing and (result or not op.enter):
+                        observe(listeners.waiting, 1 if op.enter else -1)
                 elif type(op) is Log:
                     self._log(op)
+                    result = None
+                elif type(op) is Emit:
+                    await emit_async(listeners, op.event)
                     result = None
             except BaseException as exc:  # noqa: B036 - re-raised through the flow's finally blocks
                 error = exc

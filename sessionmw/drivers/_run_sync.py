@@ -9,12 +9,14 @@ sleeps and is woken, how locks are renewed) is the I/O layer in ``aio.py`` and `
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
 from ..backends.base import Backend
-from ..core.ops import BackendOp, Log, Op, Queue, Sleep
+from ..core.ops import BackendOp, Emit, Log, Op, Queue, Sleep
 from .common import DriverBase
+from .emit import emit_sync, observe
 
 __all__ = ["SyncRunner"]
 
@@ -32,6 +34,8 @@ class SyncRunner(DriverBase):
         """Drive ``flow`` to its end and return its value; backend errors are thrown into it."""
         backend = self.backend
         inline = self._inline
+        listeners = self.listeners
+        timing = listeners.timing
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -43,7 +47,15 @@ class SyncRunner(DriverBase):
             error = None
             try:
                 if isinstance(op, BackendOp):
-                    result = op.run(inline) if inline is not None else op.run(backend)
+                    if timing:
+                        started = time.perf_counter()
+                        try:
+                            result = op.run(inline) if inline is not None else op.run(backend)
+                        finally:
+                            observe(listeners.backend_call, type(op).__name__, time.perf_counter() - started)
+                        self._measure_lock(op, result)
+                    else:
+                        result = op.run(inline) if inline is not None else op.run(backend)
                     # What the op's type says must follow it (DriverBase._after, inlined: every op).
                     if op.holds:
                         if result[0]:
@@ -57,8 +69,13 @@ class SyncRunner(DriverBase):
                     result = self._sleep(op.sid, op.delay)
                 elif type(op) is Queue:
                     result = self._queue(op)
+                    if timing and (result or not op.enter):
+                        observe(listeners.waiting, 1 if op.enter else -1)
                 elif type(op) is Log:
                     self._log(op)
+                    result = None
+                elif type(op) is Emit:
+                    emit_sync(listeners, op.event)
                     result = None
             except BaseException as exc:  # noqa: B036 - re-raised through the flow's finally blocks
                 error = exc

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
+from typing import Any
 
-from ..core.ops import Log, Queue
+from ..core.events import Listeners
+from ..core.ops import BackendOp, Log, Queue
+from .emit import observe
 
 __all__ = ["DriverBase", "Renewals", "count_waiter"]
 
@@ -95,9 +99,24 @@ class DriverBase:
     ``holds`` (on success) starts renewing the lock, ``frees`` stops it, ``wakes`` wakes local waiters.
     """
 
+    #: The listeners to call (set by the adapter from the options); none by default.
+    listeners: Listeners = Listeners()
+
     def __init__(self, lock_expire: float) -> None:
         self.renewals = Renewals(lock_expire)
         self._waiters: dict[str, int] = {}
+        #: Lock token -> monotonic time it was taken, while listeners measure lock hold times.
+        self._held_since: dict[str, float] = {}
+
+    def _measure_lock(self, op: BackendOp[Any], result: Any) -> None:
+        """Record when a lock is taken, and tell the listeners how long it was held when let go."""
+        if op.holds:
+            if result[0]:
+                self._held_since[op.token] = time.monotonic()
+        elif op.frees:
+            since = self._held_since.pop(op.token, None)
+            if since is not None:
+                observe(self.listeners.lock_held, time.monotonic() - since)
 
     def _queue(self, op: Queue) -> bool | None:
         return count_waiter(self._waiters, op)
