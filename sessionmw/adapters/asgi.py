@@ -9,7 +9,11 @@ fails.
 
 from __future__ import annotations
 
+import copy
+import inspect
+import sys
 from collections.abc import MutableMapping, Sequence
+from types import FrameType
 from typing import Any, Literal
 
 from starlette.requests import HTTPConnection
@@ -17,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import AsyncBackend, Backend, open_async_backend
 from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
-from ..core.errors import BackendUnavailable, SessionError, SessionUnavailable
+from ..core.errors import BackendUnavailable, ConfigError, SessionError, SessionUnavailable
 from ..core.hooks import failure_of, hooks_of
 from ..core.policy import Outcome, SessionCore
 from ..core.readonly import is_read_only
@@ -74,9 +78,11 @@ class SessionMiddleware:
         # Python would reject an unknown keyword with a bare TypeError before __init__ runs; answer it
         # with a ConfigError naming the closest option instead. (A **kwargs on __init__ would do the
         # same but break the typing of Starlette's Middleware(SessionMiddleware, ...).)
-        for name in kwargs:
-            if name not in _KEYWORDS:
-                raise unknown_option_error(name, _KEYWORDS)
+        if any(name not in _KEYWORDS for name in kwargs):
+            error = _keywords_error(args, kwargs)
+            if _built_by_starlette(sys._getframe(0)):
+                return _Misconfigured.holding(error)
+            raise error
         return super().__new__(cls)
 
     def __init__(
@@ -114,10 +120,20 @@ class SessionMiddleware:
         self.app = app
         # Every keyword but the app and the error page is an option, named as the settings name it.
         options = {k: v for k, v in locals().items() if k not in ("self", "app", "error_response", "__class__")}
-        self.settings = build_settings(**options)
-        self.core = SessionCore(self.settings)
-        self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
-        bound_failover_wait(self.backend, self.settings)
+        try:
+            self.settings = build_settings(**options)
+            self.core = SessionCore(self.settings)
+            self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
+            bound_failover_wait(self.backend, self.settings)
+        except ConfigError as exc:
+            if not _built_by_starlette(sys._getframe(0)):
+                raise
+            # Raised here, the error would leave Starlette's stack unbuilt: the server would take the
+            # lifespan for unsupported, start, and answer every request 500. Become the stand-in that
+            # fails the start-up with the message instead.
+            self.__class__ = _Misconfigured
+            self.error = exc
+            return
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.error_response: ErrorResponse = error_response or unavailable_body
         self._routes: dict[tuple[str, str, str], Route] = {}
@@ -232,7 +248,9 @@ class SessionMiddleware:
         try:
             await probe()
         except BackendUnavailable as exc:
-            logger.warning("at start-up: %s; requests that need their session get a 503 until it answers", exc)
+            # One sentence: the cause may end with its own full stop ("... Connection refused.").
+            cause = exc.message.rstrip().rstrip(".")
+            logger.warning("at start-up: %s; requests that need their session get a 503 until it answers", cause)
 
     async def _unavailable(self, exc: SessionUnavailable, kind: str, send: Send) -> None:
         if kind == "websocket":
@@ -247,6 +265,84 @@ class SessionMiddleware:
     async def aclose(self) -> None:
         """Close the backend's connections (for app shutdown)."""
         await self.backend.aclose()
+
+
+class _Misconfigured(SessionMiddleware):
+    """What Starlette's lazily built stack holds in place of a middleware whose options are wrong.
+
+    Starlette builds its middleware on the first call, the lifespan start-up. A ``ConfigError`` raised
+    there reads to uvicorn as "lifespan unsupported": the server starts and every request fails. This
+    stand-in answers the start-up with ``lifespan.startup.failed`` and the one-line message (the server
+    prints it and exits), then raises the error; every other scope raises it too.
+    """
+
+    error: ConfigError
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Do nothing: a stand-in comes from :meth:`holding` or from a failed ``SessionMiddleware.__init__``."""
+
+    @classmethod
+    def holding(cls, error: ConfigError) -> _Misconfigured:
+        """Return a stand-in that fails with ``error``."""
+        failed = object.__new__(cls)
+        failed.error = error
+        return failed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": self.error.message})
+        # A copy each time: raising one exception object again and again would grow its traceback.
+        raise copy.copy(self.error)
+
+
+def _keywords_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ConfigError:
+    """Return the error for a construction with unknown keywords, naming every bad option at once."""
+    options = dict(zip(_POSITIONAL, args, strict=False))
+    options.update(kwargs)
+    for name in ("app", "error_response"):
+        options.pop(name, None)
+    try:
+        build_settings(**options)
+    except ConfigError as exc:
+        return exc
+    # build_settings names unknown options; should it not, name the first one here.
+    return unknown_option_error(next(n for n in kwargs if n not in _KEYWORDS), _KEYWORDS)  # pragma: no cover
+
+
+#: The positional parameters of ``SessionMiddleware(app, secret_key, session_cookie, ...)``, in order.
+_POSITIONAL = tuple(
+    name
+    for name, parameter in inspect.signature(SessionMiddleware.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
+)
+
+
+def _built_by_starlette(frame: FrameType | None) -> bool:
+    """Whether the constructor running in ``frame`` was called by Starlette's ``build_middleware_stack``.
+
+    Only there is a ``ConfigError`` turned into a failed lifespan start-up; a direct construction
+    raises it. Constructors of subclasses calling ``super().__init__`` are looked through.
+    """
+    from starlette.applications import Starlette
+
+    try:
+        while frame is not None and frame.f_code.co_name in ("__new__", "__init__"):
+            first = frame.f_locals.get("self", frame.f_locals.get("cls"))
+            if not (
+                isinstance(first, SessionMiddleware)
+                or (isinstance(first, type) and issubclass(first, SessionMiddleware))
+            ):
+                break
+            frame = frame.f_back
+        return (
+            frame is not None
+            and frame.f_code.co_name == "build_middleware_stack"
+            and isinstance(frame.f_locals.get("self"), Starlette)
+        )
+    finally:
+        del frame  # a frame held in a local keeps its whole stack alive
 
 
 def find_starlette_endpoint(app: Any, scope: MutableMapping[str, Any]) -> Any:
