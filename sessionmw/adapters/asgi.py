@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from types import FrameType
 from typing import Any, Literal
 
@@ -115,6 +115,11 @@ class SessionMiddleware:
         serializer: Any = "json",
         durable_backend: Any = None,
         durable_write_every: int = 1,
+        listeners: Sequence[Callable[..., Any]] = (),
+        rotate_every: float | None = None,
+        rotate_grace: float = 5.0,
+        encryption_key: str | Sequence[str] | None = None,
+        max_session_bytes: int | None = 512 * 1024,
         error_response: ErrorResponse | None = None,
     ) -> None:
         self.app = app
@@ -135,6 +140,7 @@ class SessionMiddleware:
             self.error = exc
             return
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
+        self.driver.listeners = self.core.listeners
         self.error_response: ErrorResponse = error_response or unavailable_body
         self._routes: dict[tuple[str, str, str], Route] = {}
 
