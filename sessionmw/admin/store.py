@@ -42,6 +42,9 @@ class SessionStore:
         middleware's ``durable_backend``): sessions are listed from it, and ended in both tiers.
     :param durable_write_every: the middleware's ``durable_write_every`` (only ``migrate`` into this
         store would write, so it rarely matters here).
+    :param create: ``False`` opens only a store that exists and never creates one: a missing
+        file-backend directory, SQLite file or SQL table is a :class:`~sessionmw.ConfigError` naming it
+        (a table's at the first call). The command line's ``list``, ``kill``, ``gc`` and ``stats`` do so.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class SessionStore:
         key_prefix: str = "sessmw:",
         durable_backend: str | Backend | None = None,
         durable_write_every: int = 1,
+        create: bool = True,
     ) -> None:
         if durable_backend is not None:
             if isinstance(backend, TieredSpec):
@@ -58,7 +62,7 @@ class SessionStore:
                     "backend is a tiered store already; leave durable_backend None", option="durable_backend"
                 )
             backend = TieredSpec(backend, durable_backend, write_every=durable_write_every)
-        self.backend = open_backend(backend, key_prefix=key_prefix)
+        self.backend = open_backend(backend, key_prefix=key_prefix, create=create)
         if not isinstance(self.backend, AdminBackend):
             raise ConfigError(f"{self.backend.name} does not support administration", option="backend")
         self.admin: AdminBackend = self.backend
@@ -109,8 +113,9 @@ class SessionStore:
     def stats(self) -> dict[str, float]:
         """Figures: ``sessions`` (live), ``users`` (distinct bound users), ``oldest`` (creation time of
         the oldest live session, 0 if none), and what the store itself reports (memcached
-        ``evictions``, Redis ``evicted_keys``...; for a tiered store ``durable_*`` and ``fast_*``
-        figures, ``fast_available`` and the fast tier's ``evictions``)."""
+        ``evictions`` and ``bytes``, Redis ``evicted_keys`` and ``used_memory``...; for a tiered store
+        ``durable_*`` and ``fast_*`` figures, ``fast_available`` and the fast tier's ``evictions``).
+        Counts and sizes in bytes are ``int``."""
         sessions = 0
         users: set[str] = set()
         oldest = 0.0
@@ -125,7 +130,8 @@ class SessionStore:
                 oldest = rec.created
         figures: dict[str, float] = {"sessions": sessions, "users": len(users), "oldest": oldest}
         figures.update(self.admin.stats())
-        return figures
+        # Backends report every figure as a float; what is whole (counts, bytes, flags) is an int.
+        return {k: int(v) if k != "oldest" and float(v).is_integer() else v for k, v in figures.items()}
 
     def migrate(
         self,

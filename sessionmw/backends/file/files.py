@@ -2,7 +2,8 @@
 
 :class:`Files` is a base of :class:`~sessionmw.backends.file.FileBackend` (its methods are the
 backend's own): the paths, the record file (its first line the TTL deadline, then the encoded record)
-merged with the ``.touch`` file, atomic writes, and the per-user index directories.
+merged with the ``.touch`` file, atomic writes, and the per-user index directories; and
+:func:`require_directory`, the check of a store opened without creating anything.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ import secrets
 import time
 from pathlib import Path
 
-from ...core.errors import BackendUnavailable
+from ...core.errors import BackendUnavailable, ConfigError
 from ..base import Record, Touch, decode_record, encode_record
 
-__all__ = ["Files", "safe_prefix"]
+__all__ = ["Files", "require_directory", "safe_prefix"]
 
 
 def safe_prefix(prefix: str) -> str:
     """``prefix`` made safe as the start of a file name."""
     return prefix.replace("/", "_").replace("\\", "_").replace("\0", "_")
+
+
+def require_directory(directory: Path) -> None:
+    """Raise :class:`ConfigError` naming ``directory`` unless it is a directory (a store opened with
+    ``create=False``, which must not make one)."""
+    if directory.is_dir():
+        return
+    what = "is not a directory" if directory.exists() else "does not exist"
+    raise ConfigError(f"file backend: {directory} {what} (the middleware creates it when it starts)", option="backend")
 
 
 class Files:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -100,9 +102,10 @@ def _connect_args(
     return {}
 
 
-def _sqlite_on_connect(busy_ms: int) -> Any:
+def _sqlite_on_connect(busy_ms: int, wal: bool = True) -> Any:
     """The ``connect`` hook of a SQLite engine: transactions begun by :func:`_sqlite_on_begin`, a busy
-    timeout, WAL and ``synchronous = NORMAL``."""
+    timeout, WAL (unless ``wal`` is false: a store opened without creating anything leaves the file's
+    journal mode alone) and ``synchronous = NORMAL``."""
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # SQLAlchemy's recipe (its SQLite dialect's notes, "Transactions with SQLite and the sqlite3
@@ -116,7 +119,7 @@ def _sqlite_on_connect(busy_ms: int) -> Any:
             # database to itself and answers "database is locked" at once, busy timeout or not, when
             # first connections race to do it: try again briefly. Should all tries lose, the
             # connection works on in the rollback-journal mode (WAL only lets readers run beside a writer).
-            for attempt in range(10):
+            for attempt in range(10 if wal else 0):
                 try:
                     if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                         break
@@ -145,8 +148,12 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
-    """Build the backend for a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``, ...)."""
+def from_url(url: BackendURL, key_prefix: str, *, create: bool = True) -> SQLBackend:
+    """Build the backend for a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``, ...).
+
+    :param create: ``False``: never create the database file or the table. A missing SQLite file is a
+        :class:`ConfigError` now, a missing table one at the first call.
+    """
     table = url.take("table", str, DEFAULT_TABLE)
     timeout = url.take("connect_timeout", positive_float, 5.0)
     statement_timeout = url.take("socket_timeout", positive_float, 10.0)
@@ -158,7 +165,9 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
     }
     forwarded = _take_driver_options(url)
     sa_url = _sqlalchemy_url(url, forwarded)
-    engine = _create_engine(url, sa_url, timeout, statement_timeout, forwarded, pool)
+    if not create:
+        _require_sqlite_file(url, sa_url)
+    engine = _create_engine(url, sa_url, timeout, statement_timeout, forwarded, pool, wal=create)
     driver = sa_url.get_driver_name()
     try:
         return SQLBackend(
@@ -170,10 +179,29 @@ def from_url(url: BackendURL, key_prefix: str) -> SQLBackend:
             # libpq has no read timeout: past statement_timeout and a margin, the watchdog cuts the socket.
             call_limit=statement_timeout + max(1.0, statement_timeout / 2) if driver in _NO_READ_TIMEOUT else None,
             busy_timeout=statement_timeout,
+            create=create,
         )
     except ConfigError:
         engine.dispose()
         raise
+
+
+def _require_sqlite_file(url: BackendURL, sa_url: URL) -> None:
+    """Raise :class:`ConfigError` naming the file when ``sa_url`` is a SQLite database that does not exist.
+
+    Checked before anything connects: SQLite creates a missing file at the first connection.
+    """
+    database = sa_url.database
+    if sa_url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return  # not SQLite, or in memory (refused when the engine is made)
+    if database.startswith("file:"):  # a URI filename (?uri=true): file:path?mode=...
+        database = unquote(database[len("file:") :].split("?", 1)[0])
+    if not os.path.isfile(database):
+        raise ConfigError(
+            f"SQLite database {os.path.abspath(database)} does not exist "
+            "(`sessionmw init-db` creates it, as does the middleware at its first session)",
+            option="backend",
+        )
 
 
 def _take_driver_options(url: BackendURL) -> dict[str, str]:
@@ -209,8 +237,12 @@ def _create_engine(
     statement_timeout: float,
     forwarded: Mapping[str, str],
     pool: Mapping[str, Any],
+    wal: bool = True,
 ) -> Engine:
-    """The engine for ``sa_url``; a missing driver or a bad option is a :class:`ConfigError` naming the fix."""
+    """The engine for ``sa_url``; a missing driver or a bad option is a :class:`ConfigError` naming the fix.
+
+    :param wal: SQLite: switch the database to WAL (see :func:`_sqlite_on_connect`).
+    """
     scheme = url.scheme
     family = scheme.split("+", 1)[0]
     dialect, driver = sa_url.get_backend_name(), sa_url.get_driver_name()
@@ -236,6 +268,6 @@ def _create_engine(
         text = str(exc).replace(url.password, "***") if url.password else str(exc)
         raise ConfigError(f"SQL backend URL {url.display!r}: {text}", option="backend") from None
     if dialect == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect(int(statement_timeout * 1000)))
+        sa.event.listen(engine, "connect", _sqlite_on_connect(int(statement_timeout * 1000), wal))
         sa.event.listen(engine, "begin", _sqlite_on_begin)
     return engine
