@@ -3,30 +3,53 @@
 Every command takes ``--backend URL`` (or ``SESSIONMW_BACKEND``) and ``--key-prefix`` (or
 ``SESSIONMW_KEY_PREFIX``), and for a tiered store ``--durable-backend URL`` (or
 ``SESSIONMW_DURABLE_BACKEND``), the durable tier behind ``--backend``. ``--json`` prints one JSON
-document for scripts. Errors are one line on stderr with exit code 1 (2 for usage errors, as click
-does); never a traceback.
+document for scripts. Every error, a usage error included, is one line on stderr (``sessionmw:
+error: ...``) with exit code 1 (2 for usage errors, as click does): never a traceback, and no
+progress display left above it. ``list``, ``kill``, ``gc`` and ``stats`` (and ``migrate``'s source)
+open a store that must exist: they never create a database file, table or directory.
+
+Sessions are named by their handle (``SessionInfo.sid``), an opaque string: ``list`` shows the
+shortest prefix of at least :data:`SHORT` characters that tells the listed sessions apart, and
+``kill`` takes any unique prefix of at least that length, as git does with commits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
+import os
+import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..core.errors import SessionError
 
-__all__ = ["main"]
+__all__ = ["SHORT", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Fewest characters of a session's name that ``list`` shows and ``kill`` takes (the web demo shows as many).
+SHORT = 8
+
+# The table of `list`: columns two spaces apart, a user id folded past this width, a user agent
+# shown only when this many of its characters fit.
+_GAP = 2
+_USER_WIDTH = 24
+_MIN_AGENT_WIDTH = 12
+
+#: Figures that are sizes in bytes (also under a tiered store's ``fast_`` and ``durable_`` prefixes).
+_BYTE_FIGURES = frozenset({"bytes", "limit_maxbytes", "used_memory"})
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,6 +58,49 @@ err_console = Console(stderr=True)
 def _fail(message: str) -> Any:
     click.echo(f"sessionmw: error: {message}", err=True)
     sys.exit(1)
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """click's message for a usage error, naming the environment variable a missing option can come from."""
+    message = exc.format_message()
+    param = exc.param if isinstance(exc, click.BadParameter) else None
+    if isinstance(exc, click.MissingParameter) and param is not None and param.envvar:
+        envvar = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+        message = f"{message.rstrip('.')} (or set {envvar})."
+    if exc.ctx is not None:
+        stop = "" if message.endswith((".", "?", "!")) else "."
+        message = f"{message}{stop} See '{exc.ctx.command_path} --help'."
+    return message
+
+
+class _Group(click.Group):
+    """click's group, printing a usage error on one line as the commands print theirs (click prints
+    the usage, a hint and the error on four)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; as click's, but every error is one line on stderr."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            # Not standalone: click hands the errors over instead of printing them its way.
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            click.echo(f"sessionmw: error: {_usage_message(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"sessionmw: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)  # click returns --help's and --version's exit code
 
 
 def _display(url: str) -> str:
@@ -52,12 +118,15 @@ def backend_options(func: F) -> F:
     func = click.option(
         "--key-prefix",
         envvar="SESSIONMW_KEY_PREFIX",
+        show_envvar=True,
         default="sessmw:",
         show_default=True,
         help="The site's key prefix.",
     )(func)
     func = durable_option(func)
-    func = click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL.")(func)
+    func = click.option("--backend", envvar="SESSIONMW_BACKEND", show_envvar=True, required=True, help="Backend URL.")(
+        func
+    )
     return func
 
 
@@ -66,6 +135,7 @@ def durable_option(func: F) -> F:
     return click.option(
         "--durable-backend",
         envvar="SESSIONMW_DURABLE_BACKEND",
+        show_envvar=True,
         default=None,
         help="Durable backend URL behind --backend (a tiered store).",
     )(func)
@@ -79,10 +149,11 @@ def _where(backend: str, durable_backend: str | None) -> str:
 
 @contextmanager
 def _store(backend: str, key_prefix: str, durable_backend: str | None = None) -> Iterator[Any]:
+    """The store of ``backend``, which must exist (nothing is created); a :class:`SessionError` is one line."""
     from .store import SessionStore
 
     try:
-        store = SessionStore(backend, key_prefix=key_prefix, durable_backend=durable_backend)
+        store = SessionStore(backend, key_prefix=key_prefix, durable_backend=durable_backend, create=False)
     except SessionError as exc:
         _fail(str(exc))
     try:
@@ -97,10 +168,129 @@ def _store(backend: str, key_prefix: str, durable_backend: str | None = None) ->
 
 
 def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _short_length(names: list[str]) -> int:
+    """The fewest characters, at least :data:`SHORT`, that tell every one of ``names`` apart (git's short ids)."""
+    length = SHORT
+    ordered = sorted(names)
+    for a, b in itertools.pairwise(ordered):  # only neighbours in sorted order can share the longest prefix
+        common = len(os.path.commonprefix([a, b]))
+        length = max(length, common + 1)
+    return length
+
+
+def _abbreviated(name: str) -> str:
+    return name if len(name) <= SHORT else name[:SHORT] + "…"
+
+
+def _sessions_table(title: str, infos: list[Any], width: int) -> Table:
+    """The table of ``list`` for a terminal ``width`` columns wide.
+
+    The name's prefix (what ``kill`` takes), the user and both dates are always shown whole; the last
+    IP, the first IP and the user agent (cut with an ellipsis) follow as far as the width allows.
+    ``--json`` has everything.
+    """
+    short = _short_length([i.sid for i in infos])
+    cells: dict[str, list[str]] = {
+        "session": [i.sid[:short] for i in infos],
+        "user": ["" if i.user_id is None else str(i.user_id) for i in infos],
+        "created": [_when(i.created) for i in infos],
+        "last access": [_when(i.last_access) for i in infos],
+        "first IP": [i.first_ip or "" for i in infos],
+        "last IP": [i.last_ip or "" for i in infos],
+        "user agent": [i.user_agent or "" for i in infos],
+    }
+
+    def natural(name: str, most: int = 1000) -> int:
+        return min(most, max(cell_len(value) for value in [name, *cells[name]]))
+
+    # Columns are two spaces apart. A long user id folds onto more lines rather than push the dates out.
+    budget = width - sum(natural(n, _USER_WIDTH) + _GAP for n in ("session", "user", "created", "last access")) + _GAP
+    shown = {"session", "user", "created", "last access"}
+    for name in ("last IP", "first IP"):
+        if natural(name) + _GAP <= budget:
+            shown.add(name)
+            budget -= natural(name) + _GAP
+    agent_width = min(natural("user agent"), budget - _GAP)
+    if agent_width >= _MIN_AGENT_WIDTH:
+        shown.add("user agent")
+
+    table = Table(title=Text(title), box=None, pad_edge=False, header_style="bold")
+    for name in cells:
+        if name not in shown:
+            continue
+        if name == "user":
+            table.add_column(name, overflow="fold", max_width=_USER_WIDTH)
+        elif name == "user agent":
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=agent_width)
+        else:
+            table.add_column(name, no_wrap=True)
+    for row in zip(*(cells[name] for name in cells if name in shown), strict=True):
+        table.add_row(*map(Text, row))  # as they are: a user agent's "[b]" is no markup
+    return table
+
+
+def _human_bytes(n: float) -> str:
+    """``n`` bytes as ``512 B``, ``1.2 MiB``..."""
+    value, unit = float(n), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{int(n)} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _figure(name: str, value: float) -> str:
+    """One figure of ``stats`` for the table: a time, a size, a count."""
+    if name == "oldest":
+        return _when(value)
+    if name.removeprefix("fast_").removeprefix("durable_") in _BYTE_FIGURES:
+        return _human_bytes(value)
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _progress(*columns: Any) -> Progress:
+    """A progress display on stderr, shown only on a terminal and erased when done, so an error is the only line."""
+    return Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal)
+
+
+def _confirm(question: str) -> None:
+    """Ask ``question`` and exit unless the answer is yes; an answer piped to stdin counts, an empty stdin refuses."""
+    if sys.stdin.isatty():
+        if not click.confirm(question, err=True):
+            _fail("not confirmed: nothing ended")
+        return
+    line = sys.stdin.readline()
+    if not line:
+        _fail(
+            f"cannot ask {question!r}: stdin is empty and not a terminal; pipe the answer (echo y | ...) or add --yes"
+        )
+    if line.strip().lower() not in ("y", "yes"):
+        _fail(f"not confirmed (the answer read was {line.strip()!r}): nothing ended")
+
+
+def _resolve(store: Any, given: str, where: str) -> str:
+    """The one live session whose name is ``given`` or starts with it; exit naming the problem otherwise."""
+    try:
+        whole = store.backend.load(given) is not None  # a whole name (from --json): no scan
+    except SessionError:
+        whole = False  # a name this store cannot even look up (memcached: a space); the scan says more
+    if whole:
+        return given
+    found = [info.sid for info in store.list_sessions() if info.sid.startswith(given)]
+    if not found:
+        _fail(f"no session {given!r} in {where}")
+    if len(found) > 1:
+        _fail(f"{given!r} is ambiguous: {len(found)} sessions start with it; give more characters")
+    name: str = found[0]
+    return name
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sessionmw")
 def main() -> None:
     """Server-side, locked HTTP sessions: administration and the demo app."""
@@ -116,21 +306,11 @@ def list_(backend: str, durable_backend: str | None, key_prefix: str, as_json: b
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(info) for info in infos]))
         return
-    table = Table(title=f"{len(infos)} session(s) in {_where(backend, durable_backend)}")
-    table.add_column("session id", overflow="fold")  # wrapped, never cut: it is what `kill` takes
-    for column in ("user", "created", "last access", "first IP", "last IP", "user agent"):
-        table.add_column(column)
-    for i in infos:
-        table.add_row(
-            i.sid,
-            "" if i.user_id is None else str(i.user_id),
-            _when(i.created),
-            _when(i.last_access),
-            i.first_ip or "",
-            i.last_ip or "",
-            (i.user_agent or "")[:40],
-        )
-    console.print(table)
+    title = f"{len(infos)} session(s) in {_where(backend, durable_backend)}"
+    if infos:
+        console.print(_sessions_table(title, infos, console.width))
+    else:
+        click.echo(title)
 
 
 @main.command()
@@ -149,22 +329,38 @@ def kill(
     everything: bool,
     yes: bool,
 ) -> None:
-    """End one session (SID), a user's sessions (--user) or all sessions (--all)."""
+    """End one session (SID), a user's sessions (--user) or all sessions (--all).
+
+    SID is a session's name, or any unique prefix of it of at least 8 characters (as `list` shows).
+    Without --yes it asks first, reading the answer from stdin when that is not a terminal
+    (echo y | sessionmw kill ...).
+    """
     chosen = [x for x in (sid is not None, user_id is not None, everything) if x]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of SID, --user ID or --all")
-    what = f"session {sid}" if sid else f"every session of user {user_id!r}" if user_id else "EVERY session"
-    if not yes:
-        if not sys.stdin.isatty():
-            _fail(f"refusing to end {what} without confirmation: add --yes")
-        click.confirm(f"End {what} in {_where(backend, durable_backend)}?", abort=True)
+    if sid is not None and len(sid) < SHORT:
+        raise click.BadParameter(
+            f"{sid!r} is too short: give at least {SHORT} characters of the session's name (as `list` shows)",
+            param_hint="SID",
+        )
+    where = _where(backend, durable_backend)
     with _store(backend, key_prefix, durable_backend) as store:
+        if sid is not None:
+            sid = _resolve(store, sid, where)
+        if sid is not None:
+            what = f"session {_abbreviated(sid)}"
+        elif user_id is not None:
+            what = f"every session of user {user_id!r}"
+        else:
+            what = "EVERY session"
+        if not yes:
+            _confirm(f"End {what} in {where}?")
         if sid is not None:
             ended = 1 if store.terminate(sid) else 0
             if not ended:
                 if as_json:
                     click.echo(json.dumps({"ended": 0}))
-                _fail(f"no session {sid[:12]}… in {_where(backend, durable_backend)}")
+                _fail(f"no session {_abbreviated(sid)} in {where}")
         elif user_id is not None:
             ended = store.terminate_user(user_id)
         else:
@@ -183,8 +379,8 @@ def gc(backend: str, durable_backend: str | None, key_prefix: str, as_json: bool
         if as_json:
             removed = store.gc()
         else:
-            with Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console
+            with _progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()
             ) as progress:
                 where = _where(backend, durable_backend)
                 task = progress.add_task(f"collecting expired sessions in {where}", total=None)
@@ -206,28 +402,28 @@ def stats(backend: str, durable_backend: str | None, key_prefix: str, as_json: b
     if as_json:
         click.echo(json.dumps(figures))
     else:
-        table = Table(title=f"sessions in {_where(backend, durable_backend)}")
+        table = Table(title=Text(f"sessions in {_where(backend, durable_backend)}"))
         table.add_column("figure")
         table.add_column("value", justify="right")
         for name, value in figures.items():
-            table.add_row(name, _when(value) if name == "oldest" else f"{value:g}")
+            table.add_row(name, _figure(name, value))
         console.print(table)
     if evicted and "fast_available" in figures:
         err_console.print(
-            f"[yellow]note:[/] the fast tier evicted {evicted:g} item(s); the durable tier keeps every session, "
+            f"[yellow]note:[/] the fast tier evicted {int(evicted)} item(s); the durable tier keeps every session, "
             "so these cost reads from it, not sessions"
         )
     elif evicted:
         err_console.print(
-            f"[yellow]warning:[/] the store evicted {evicted:g} item(s): evicted sessions are lost sessions "
+            f"[yellow]warning:[/] the store evicted {int(evicted)} item(s): evicted sessions are lost sessions "
             "(give it more memory, or use a store that does not evict)"
         )
 
 
 @main.command("init-db")
-@click.option("--backend", envvar="SESSIONMW_BACKEND", required=True, help="SQL backend URL.")
+@click.option("--backend", envvar="SESSIONMW_BACKEND", show_envvar=True, required=True, help="SQL backend URL.")
 @durable_option
-@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
+@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", show_envvar=True, default="sessmw:", show_default=True)
 def init_db(backend: str, durable_backend: str | None, key_prefix: str) -> None:
     """Create the sessions table of an SQL backend, or of a tiered store's durable tier (also done on first use)."""
     from ..backends import open_backend
@@ -246,10 +442,12 @@ def init_db(backend: str, durable_backend: str | None, key_prefix: str) -> None:
 
 
 @main.command()
-@click.option("--from", "source", envvar="SESSIONMW_BACKEND", required=True, help="Backend URL to copy from.")
+@click.option(
+    "--from", "source", envvar="SESSIONMW_BACKEND", show_envvar=True, required=True, help="Backend URL to copy from."
+)
 @durable_option
 @click.option("--to", "target", required=True, help="Backend URL to copy to.")
-@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", default="sessmw:", show_default=True)
+@click.option("--key-prefix", envvar="SESSIONMW_KEY_PREFIX", show_envvar=True, default="sessmw:", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def migrate(source: str, durable_backend: str | None, target: str, key_prefix: str, as_json: bool) -> None:
     """Copy every live session to another backend, keeping ids: nobody is logged out."""
@@ -264,10 +462,9 @@ def migrate(source: str, durable_backend: str | None, target: str, key_prefix: s
             copied = store.migrate(target)
         else:
             total = store.count()
-            with Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=err_console,
-            ) as progress:  # fmt: skip
+            with _progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            ) as progress:
                 task = progress.add_task(f"{_where(source, durable_backend)} → {_display(target)}", total=total)
                 copied = store.migrate(target, progress=lambda n: progress.advance(task, n))
     if as_json:
@@ -277,7 +474,13 @@ def migrate(source: str, durable_backend: str | None, target: str, key_prefix: s
 
 
 @main.command()
-@click.option("--backend", envvar="SESSIONMW_BACKEND", default=None, help="Backend URL (default: embedded SQLite).")
+@click.option(
+    "--backend",
+    envvar="SESSIONMW_BACKEND",
+    show_envvar=True,
+    default=None,
+    help="Backend URL (default: embedded SQLite).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
@@ -285,7 +488,7 @@ def migrate(source: str, durable_backend: str | None, target: str, key_prefix: s
 )
 def demo(backend: str | None, host: str, port: int, framework: str) -> None:
     """Serve the bundled demo app."""
-    from ..demo import build_app, default_demo_backend
+    from ..demo import KEY_PREFIX, build_app, default_demo_backend
 
     url = backend or default_demo_backend()
     try:
@@ -294,7 +497,9 @@ def demo(backend: str | None, host: str, port: int, framework: str) -> None:
         _fail(str(exc))
     except ImportError as exc:
         _fail(f"the demo needs {exc.name}: pip install 'sessionmw[demo]'")
+    _create_tables(url, KEY_PREFIX)
     click.echo(f"sessionmw demo ({framework}) on http://{host}:{port}/  (backend: {_display(url)})")
+    click.echo(f"list its sessions: sessionmw list --backend {shlex.quote(_display(url))} --key-prefix {KEY_PREFIX}")
     if framework == "flask":
         from werkzeug.serving import run_simple
 
@@ -305,6 +510,24 @@ def demo(backend: str | None, host: str, port: int, framework: str) -> None:
     except ImportError:
         _fail("the demo needs uvicorn: pip install 'sessionmw[demo]'")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _create_tables(url: str, key_prefix: str) -> None:
+    """Create an SQL backend's table now, so the demo's store can be listed before its first visit.
+
+    A backend that does not answer is left to the app, which answers 503 until it does.
+    """
+    from ..backends import open_backend
+
+    try:
+        backend: Any = open_backend(url, key_prefix=key_prefix)
+        try:
+            if hasattr(backend, "create_tables"):
+                backend.create_tables()
+        finally:
+            backend.close()
+    except SessionError:
+        pass
 
 
 if __name__ == "__main__":

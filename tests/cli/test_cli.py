@@ -19,12 +19,15 @@ from .test_admin import login
 
 
 def seed(url: str, key_prefix: str) -> dict[str, str]:
-    """Three sessions: two of alice, one of bob; return name -> sid."""
-    sids = {}
-    for name, user in (("a1", "alice"), ("a2", "alice"), ("b", "bob")):
+    """Three sessions made through the middleware, two of alice and one of bob; return a1, a2, b -> the
+    name the store lists each under (an opaque string to the CLI)."""
+    names: dict[str, str] = {}
+    for label, user in (("a1", "alice"), ("a2", "alice"), ("b", "bob")):
         with client_for("asgi", backend=url, key_prefix=key_prefix) as c:
-            sids[name] = login(c, user)
-    return sids
+            login(c, user)
+        with SessionStore(url, key_prefix=key_prefix) as store:
+            (names[label],) = {i.sid for i in store.list_sessions()} - set(names.values())
+    return names
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -71,7 +74,7 @@ def test_list_stats_and_kill_through_the_runner(site: tuple[str, str, dict[str, 
 def test_kill_asks_for_confirmation(site: tuple[str, str, dict[str, str]]) -> None:
     url, prefix, sids = site
     result = CliRunner().invoke(main, ["kill", "--all", "--backend", url, "--key-prefix", prefix])
-    assert result.exit_code == 1 and "without confirmation: add --yes" in result.stderr
+    assert result.exit_code == 1 and "stdin is empty" in result.stderr and "add --yes" in result.stderr
     with SessionStore(url, key_prefix=prefix) as store:
         assert len(store.list_sessions()) == 3
     code, _, _ = run("kill", "--backend", url, "--key-prefix", prefix)
@@ -97,7 +100,8 @@ def test_gc_init_db_and_migrate(site: tuple[str, str, dict[str, str]], tmp_path:
     ("args", "words"),
     [
         pytest.param(["list", "--backend", "nosuch://x"], "unknown backend URL scheme", id="bad scheme"),
-        pytest.param(["list", "--backend", "file:///dev/null/x"], "cannot create", id="bad directory"),
+        pytest.param(["list", "--backend", "file:///dev/null/x"], "/dev/null/x does not exist", id="bad directory"),
+        pytest.param(["init-db", "--backend", "sqlite:////dev/null/x.db"], "unavailable", id="bad database"),
         pytest.param(["stats", "--backend", "redis://127.0.0.1:1/0"], "unavailable", id="server down"),
     ],
 )
