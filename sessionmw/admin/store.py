@@ -7,13 +7,15 @@ side. It never reads session data, only the metadata the core keeps with each se
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from ..backends import Backend, SessionInfo, TieredSpec, open_backend
 from ..backends.base import AdminBackend, Record
 from ..core.errors import ConfigError
+from ..core.events import Listeners, SessionEvent
+from ..drivers.emit import emit_sync
 
 __all__ = ["SessionStore"]
 
@@ -45,6 +47,8 @@ class SessionStore:
     :param create: ``False`` opens only a store that exists and never creates one: a missing
         file-backend directory, SQLite file or SQL table is a :class:`~sessionmw.ConfigError` naming it
         (a table's at the first call). The command line's ``list``, ``kill``, ``gc`` and ``stats`` do so.
+    :param listeners: as the middleware's: each session ended here is a ``terminated`` event with
+        reason ``"admin"``.
     """
 
     def __init__(
@@ -55,7 +59,9 @@ class SessionStore:
         durable_backend: str | Backend | None = None,
         durable_write_every: int = 1,
         create: bool = True,
+        listeners: Iterable[Callable[..., Any]] = (),
     ) -> None:
+        self.listeners = Listeners(listeners)
         if durable_backend is not None:
             if isinstance(backend, TieredSpec):
                 raise ConfigError(
@@ -86,25 +92,33 @@ class SessionStore:
         return infos
 
     def terminate(self, sid: str) -> bool:
-        """End one session; its next request, even one already waiting for its lock, starts afresh."""
-        existed = self.backend.load(sid) is not None
+        """End one session, named by its handle; its next request, even one waiting for its lock, starts afresh."""
+        rec = self.backend.load(sid)
         self.backend.delete(sid)
-        return existed
+        if rec is not None:
+            self._ended(sid, rec)
+        return rec is not None
 
     def terminate_user(self, user_id: str | int) -> int:
         """End every session of ``user_id``; costs in proportion to that user's sessions."""
         sessions = self.admin.user_sessions(user_id)
-        for sid, _ in sessions:
+        for sid, rec in sessions:
             self.backend.delete(sid)
+            self._ended(sid, rec)
         return len(sessions)
 
     def terminate_all(self) -> int:
         """End every session of this site (as at an upgrade)."""
         count = 0
-        for sid, _ in list(self.admin.iter_records()):
+        for sid, rec in list(self.admin.iter_records()):
             self.backend.delete(sid)
+            self._ended(sid, rec)
             count += 1
         return count
+
+    def _ended(self, sid: str, rec: Record) -> None:
+        if self.listeners:
+            emit_sync(self.listeners, SessionEvent("terminated", sid, rec.user_id, None, "admin"))
 
     def gc(self) -> int:
         """Remove expired sessions and their index entries; return how many were removed."""

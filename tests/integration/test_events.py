@@ -246,3 +246,28 @@ def test_a_raising_listener_is_logged_and_changes_no_response(adapter: str, capl
     messages = [r.getMessage() for r in caplog.records if r.name == "sessionmw"]
     assert sum("raised on created" in m for m in messages) == 2
     assert sum("raised on loaded" in m for m in messages) == 2
+
+
+@pytest.mark.parametrize("listener", ["plain", "coroutine"])
+def test_sessions_ended_by_an_administrator_are_terminated_admin(
+    listener: str, backend_url: str, key_prefix: str
+) -> None:
+    from sessionmw import SessionStore
+
+    heard = Recorder() if listener == "plain" else AsyncRecorder()
+    with (
+        client_for("wsgi", backend=backend_url, key_prefix=key_prefix) as a,
+        client_for("wsgi", backend=backend_url, key_prefix=key_prefix) as b,
+    ):
+        a.get("/login/ann")
+        b.get("/login/bob")
+        ann = handle_of(sid_of(a.cookies["session"]))
+        bob = handle_of(sid_of(b.cookies["session"]))
+        with SessionStore(backend_url, key_prefix=key_prefix, listeners=[heard]) as store:
+            assert store.terminate(ann)
+            assert not store.terminate(ann), "a session already ended is no event"
+            assert store.terminate_user("bob") == 1
+        assert [(e.kind, e.handle, e.user_id, e.reason) for e in heard.events] == [
+            ("terminated", ann, "ann", "admin"),
+            ("terminated", bob, "bob", "admin"),
+        ]
