@@ -14,24 +14,38 @@ stored, unchanged                 release (+ touch if due)         refresh if du
 stored, changed                   save-and-release (fenced)        refresh if due
 stored, emptied                   delete + release                 expire
 stored, new id (regenerate/bind)  check lock, create new, delete   new
+stored, due for rotation          check lock, create new, forward  new
 stored, invalidated               delete + release                 expire (or new, if refilled)
 new, changed, not empty           create (id reserved atomically)  new
 new, unchanged or empty           nothing                          none
 ================================  ===============================  ==========================
+
+Every backend operation names a session by its handle (:mod:`.handles`), and every record written
+goes through :class:`~.envelope.AtRest` (dated, encrypted) and the size limit first (:mod:`.limits`):
+a session over ``max_session_bytes`` raises ``RecordTooLarge`` before any backend call, and the
+lock is released with the stored record as it was (:class:`~.errors.RecordTooLarge`).
+
+Rotation (``rotate_every``) is a new id like ``regenerate()``, except that the old id is not deleted:
+its record is replaced by a forward (:meth:`.envelope.AtRest.forward`) that leads to the new id for
+``rotate_grace`` seconds, so a parallel request of another tab carrying the old cookie lands in the
+new session and gets its cookie. ``regenerate()`` and ``bind_user()`` delete the old id at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Generator
+from typing import Any
 
 from ..backends.base import Record
 from .config import Settings
 from .cookies import IdSigner, format_delete_cookie, format_set_cookie, new_session_id
+from .envelope import AtRest, is_forward
 from .errors import BackendUnavailable
 from .events import emit
 from .handles import handle_of
 from .lifetime import Lifetime
+from .limits import near_limit_message, too_large, warn_size
 from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
 from .serializers import Serializer
@@ -54,6 +68,7 @@ class Closing:
     signer: IdSigner
     serializer: Serializer
     lifetime: Lifetime
+    at_rest: AtRest
     listening: bool
 
     def outcome(self, action: CookieAction | None, s: Session) -> Outcome:
@@ -123,14 +138,15 @@ class Closing:
         if not st.read_only:
             st.frozen_reason = _WRITTEN
         stored = st.stored_id
+        key = st.handle  # the name of the stored record in every backend operation
         signer = signer or self.signer
         try:
             if st.read_only:
                 rec = st.record
-                if stored is not None and rec is not None and self.lifetime.touch_due(rec, now):
-                    yield Refresh(stored, self.lifetime.touch(rec, now, req))
+                if key is not None and rec is not None and self.lifetime.touch_due(rec, now):
+                    yield Refresh(key, self.lifetime.touch(rec, now, req))
                 kept = None
-                if refresh and stored is not None and rec is not None:
+                if (refresh or st.forwarded) and stored is not None and rec is not None:
                     kept = CookieAction("set", signer.sign(stored))
                 return self.outcome(kept, s)
             if st.declared_read_only and s.modified:
@@ -140,11 +156,11 @@ class Closing:
                     req.path or "?",
                     sorted(s._changed) or ["(in-place change)"],
                 )
-            if stored is None or st.invalidated or st.id != stored:
-                action = yield from self._close_new_id(s, stored, now, req, signer)
+            if stored is None or key is None or st.invalidated or st.id != stored:
+                action = yield from self._close_new_id(s, key, now, req, signer)
             else:
-                action = yield from self._close_kept(s, stored, now, req, signer)
-                if action is None and (refresh or (on_modified and s.modified)):
+                action = yield from self._close_kept(s, stored, key, now, req, signer)
+                if action is None and (refresh or st.forwarded or (on_modified and s.modified)):
                     action = CookieAction("set", signer.sign(stored))
             if action is None:
                 return VARY if s.accessed else QUIET
@@ -152,37 +168,42 @@ class Closing:
         finally:
             # The lock is still held if a step failed, or the regeneration was dropped.
             token = st.token
-            if token is not None and stored is not None:
+            if token is not None and key is not None:
                 st.token = None
-                yield Release(stored, token)
+                yield Release(key, token)
 
     def _close_kept(
-        self, s: Session, sid: str, now: float, req: RequestFacts, signer: IdSigner
+        self, s: Session, sid: str, key: str, now: float, req: RequestFacts, signer: IdSigner
     ) -> Generator[Op, object, CookieAction | None]:
-        """Close a stored session that keeps its id: release, touch, save or delete it."""
+        """Close a stored session that keeps its id: release, touch, save or delete it (or rotate it)."""
         st = s._state
         rec = st.record
         token = st.token
         assert rec is not None
         lifetime = self.lifetime
+        if st.rotate and token is not None and self._has_content(s):
+            return (yield from self._rotate(s, sid, key, token, rec, now, req, signer))
         if not s.modified:
             touch = lifetime.touch(rec, now, req) if lifetime.touch_due(rec, now) else None
             if token is not None:
                 st.token = None
-                yield Release(sid, token, touch)
+                yield Release(key, token, touch)
             elif touch is not None:
-                yield Refresh(sid, touch)
+                yield Refresh(key, touch)
             return self._refresh(sid, st, now, signer)
         if not self._has_content(s):
-            yield Delete(sid)  # then close() releases the lock
+            yield Delete(key)  # then close() releases the lock
             return CookieAction("delete")
-        new, ttl = lifetime.record(st, self.serializer.dumps(s._data()), now, req)
+        data = s._data()
+        new, ttl = lifetime.record(st, self.serializer.dumps(data), now, req)
+        since = st.since if st.since is not None else rec.created
+        new = yield from self._sealed(s, data, new, key, since, req)
         if token is None:  # pragma: no cover - a stored, writable session always holds its lock
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
-        saved = yield from Save(sid, new, token, ttl)
+        saved = yield from Save(key, new, token, ttl)
         st.token = None  # released by the save, or found lost (if it raised, close() releases)
         if not saved and self.listening:
-            yield emit("write_dropped", req.path, handle_of(sid), st.user_id)
+            yield emit("write_dropped", req.path, key, st.user_id)
         if not saved:
             yield Log(
                 logging.ERROR,
@@ -193,14 +214,92 @@ class Closing:
             )
         return self._refresh(sid, st, now, signer)
 
-    def _close_new_id(
-        self, s: Session, stored: str | None, now: float, req: RequestFacts, signer: IdSigner
+    def _rotate(
+        self,
+        s: Session,
+        old_id: str,
+        key: str,
+        token: str,
+        old: Record,
+        now: float,
+        req: RequestFacts,
+        signer: IdSigner,
     ) -> Generator[Op, object, CookieAction | None]:
-        """Close a session whose id changes: a new, regenerated or invalidated one (close() releases)."""
+        """Give a session due for rotation a new id; its old id leads there for ``rotate_grace`` seconds.
+
+        The new record is created first, then the old one is replaced by a forward with a fenced
+        save, which releases the lock: a parallel request waiting for the old id's lock finds the
+        forward. If the save finds the lock lost or the session ended, the new record is deleted
+        again, so rotation never brings back a session an administrator ended.
+        """
+        st = s._state
+        data = s._data()
+        rec, ttl = self.lifetime.record(st, self.serializer.dumps(data), now, req)
+        new_id = new_session_id()
+        handle = handle_of(new_id)
+        sealed = yield from self._sealed(s, data, rec, handle, now, req)
+        if not (yield from Extend(key, token, self.settings.lock_expire)):
+            yield Log(
+                logging.ERROR,
+                "the session lock expired before the rotated id was written; the rotation was dropped on %s",
+                req.path or "?",
+            )
+            return None
+        for _ in range(CREATE_ATTEMPTS):
+            if (yield from Create(handle, sealed, ttl)):
+                break
+            new_id = new_session_id()  # pragma: no cover - 256-bit ids do not collide
+            handle = handle_of(new_id)  # pragma: no cover
+            sealed = self.at_rest.seal(rec, handle, now)  # pragma: no cover
+        else:  # pragma: no cover - 256-bit ids do not collide
+            raise RuntimeError("sessionmw: could not reserve a new session id")
+        until = now + self.settings.rotate_grace
+        forward = self.at_rest.forward(old._replace(last_access=now, version=rec.version), old_id, new_id, until)
+        saved = yield from Save(key, forward, token, self.lifetime.ttl(until, now))
+        st.token = None  # released by the save, or found lost
+        if not saved:
+            yield Delete(handle)
+            if self.listening:
+                yield emit("write_dropped", req.path, key, st.user_id)
+            yield Log(
+                logging.ERROR,
+                "the session was ended, or its lock expired and may have been taken by another request, "
+                "while this request ran; its rotation and its changes to keys %s were dropped on %s",
+                sorted(s._changed),
+                req.path or "?",
+            )
+            return None
+        st.id = st.stored_id = new_id
+        st.handle = handle
+        st.since = now
+        st.rotate = False
+        st.record = sealed
+        if self.listening:
+            yield emit("rotated", req.path, handle, st.user_id)
+        return CookieAction("set", signer.sign(new_id))
+
+    def _close_new_id(
+        self, s: Session, key: str | None, now: float, req: RequestFacts, signer: IdSigner
+    ) -> Generator[Op, object, CookieAction | None]:
+        """Close a session whose id changes: a new, regenerated or invalidated one (close() releases).
+
+        ``key`` names the stored record the session had (``None`` for a new session).
+        """
         st = s._state
         token = st.token
-        if stored is not None and token is not None and not st.invalidated:
-            if not (yield from Extend(stored, token, self.settings.lock_expire)):
+        action: CookieAction | None = None
+        sealed: Record | None = None
+        ttl: float | None = None
+        handle: str | None = None
+        if s.modified and self._has_content(s):
+            data = s._data()
+            rec, ttl = self.lifetime.record(st, self.serializer.dumps(data), now, req)
+            sid = s.id
+            assert sid is not None
+            handle = handle_of(sid)
+            sealed = yield from self._sealed(s, data, rec, handle, now, req)
+        if key is not None and token is not None and not st.invalidated:
+            if not (yield from Extend(key, token, self.settings.lock_expire)):
                 yield Log(
                     logging.ERROR,
                     "the session lock expired before the new id was written; the regeneration was dropped "
@@ -208,44 +307,66 @@ class Closing:
                     req.path or "?",
                 )
                 return None
-        action: CookieAction | None = None
-        if s.modified and self._has_content(s):
-            rec, ttl = self.lifetime.record(st, self.serializer.dumps(s._data()), now, req)
+        if sealed is not None and handle is not None:
             for _ in range(CREATE_ATTEMPTS):
-                sid = s.id
-                assert sid is not None
-                if (yield from Create(sid, rec, ttl)):
+                if (yield from Create(handle, sealed, ttl)):
+                    sid = s.id
+                    assert sid is not None
                     action = CookieAction("set", signer.sign(sid))
                     break
-                st.id = new_session_id()
+                st.id = new_session_id()  # pragma: no cover - 256-bit ids do not collide
+                handle = handle_of(st.id)  # pragma: no cover
+                sealed = self.at_rest.seal(sealed._replace(data=self.serializer.dumps(s._data())), handle, now)
             else:  # pragma: no cover - 256-bit ids do not collide
                 raise RuntimeError("sessionmw: could not reserve a new session id")
             if self.listening:
-                yield from self._created_events(st, stored, sid, req)
+                yield from self._created_events(st, key, handle, req)
             limit = self.settings.max_sessions_per_user
             if limit is not None and st.bound_now and st.user_id is not None:
                 others = yield from UserSessions(st.user_id)
-                yield from self._end_oldest(others, keep={sid, stored}, room=limit - 1, req=req)
-        elif stored is not None:
+                yield from self._end_oldest(others, keep={handle, key}, room=limit - 1, req=req)
+        elif key is not None:
             action = CookieAction("delete")
-        if stored is not None:
-            yield Delete(stored)
+        if key is not None:
+            yield Delete(key)
             if st.invalidated and self.listening:
                 old = st.record.user_id if st.record is not None else None
-                yield emit("invalidated", req.path, handle_of(stored), old)
+                yield emit("invalidated", req.path, key, old)
         return action
 
     def _created_events(
-        self, st: RequestState, stored: str | None, sid: str, req: RequestFacts
+        self, st: RequestState, key: str | None, handle: str, req: RequestFacts
     ) -> Generator[Op, object, None]:
-        """Tell the listeners that ``sid`` was stored: a new session, a regenerated one, a bound one."""
-        handle = handle_of(sid)
-        if stored is None or st.invalidated:
+        """Tell the listeners that ``handle`` was stored: a new session, a regenerated one, a bound one."""
+        if key is None or st.invalidated:
             yield emit("created", req.path, handle, st.user_id)
         else:
             yield emit("regenerated", req.path, handle, st.user_id)
         if st.bound_now:
             yield emit("bound", req.path, handle, st.user_id)
+
+    def _sealed(
+        self, s: Session, data: dict[str, Any], rec: Record, handle: str, since: float, req: RequestFacts
+    ) -> Generator[Op, object, Record]:
+        """Return ``rec`` as stored under ``handle``, or raise :class:`RecordTooLarge` (before any write).
+
+        Logs a warning when the session passes three quarters of ``max_session_bytes``.
+        """
+        sealed = self.at_rest.seal(rec, handle, since)
+        limit = self.settings.max_session_bytes
+        if limit is None:
+            return sealed
+        size = len(sealed.data)
+        st = s._state
+        if size > limit:
+            if self.listening:
+                yield emit("too_large", req.path, st.handle or handle, st.user_id)
+            raise too_large(size, limit, data, self.serializer, _backend_name(self.settings.backend))
+        previous = len(st.record.data) if st.record is not None else 0
+        if warn_size(size, previous, limit):
+            message = near_limit_message(size, limit, data, self.serializer)
+            yield Log(logging.WARNING, "%s (on %s)", message, req.path or "?")
+        return sealed
 
     def abort(self, s: Session) -> Generator[Op, object, None]:
         """Release ``s``'s lock without writing anything: the app raised, or the response failed.
@@ -259,8 +380,8 @@ class Closing:
         st.released = True
         st.frozen_reason = _FAILED
         token, st.token = st.token, None
-        if token is not None and st.stored_id is not None:
-            yield Release(st.stored_id, token)
+        if token is not None and st.handle is not None:
+            yield Release(st.handle, token)
 
     def freeze_released(self, s: Session) -> None:
         """Refuse changes from now on: ``release()`` was called and the write is under way."""
@@ -270,7 +391,10 @@ class Closing:
         self, sessions: list[tuple[str, Record]], *, keep: set[str | None], room: int, req: RequestFacts
     ) -> Generator[Op, object, None]:
         """End a user's oldest sessions until ``room`` others are left (Moodle's concurrent-login limit)."""
-        others = sorted((rec.created, sid, rec.user_id) for sid, rec in sessions if sid not in keep)
+        # Forwards left by rotation are listed with their user until their grace ends: not sessions.
+        others = sorted(
+            (rec.created, sid, rec.user_id) for sid, rec in sessions if sid not in keep and not is_forward(rec)
+        )
         for _, sid, user_id in others[: max(0, len(others) - room)]:
             yield Log(logging.INFO, "max_sessions_per_user: ending a user's oldest session")
             yield Delete(sid)
@@ -291,3 +415,18 @@ class Closing:
         if now - signed_at >= max(1.0, self.lifetime.touch_every):
             return CookieAction("set", signer.sign(sid))
         return None
+
+
+def _backend_name(backend: Any) -> str:
+    """A backend option for messages, with any password removed."""
+    name = getattr(backend, "name", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(backend, str):
+        from ..backends._url import parse_backend_url
+
+        try:
+            return parse_backend_url(backend).display
+        except Exception:
+            return backend.split("://", 1)[0] + "://..."
+    return "the default file backend" if backend is None else type(backend).__name__

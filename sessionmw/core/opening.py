@@ -12,19 +12,24 @@ from typing import Any
 
 from ..backends.base import Record
 from .config import Settings
+from .envelope import AtRest
 from .errors import BackendUnavailable, SessionLockTimeout, TooManyWaiters
 from .events import emit
 from .handles import handle_of
 from .lifetime import Lifetime
 from .locking import new_lock_token, wait_delays
-from .ops import Delete, Load, LockAndLoad, Log, Op, Queue, Release, Sleep
+from .ops import Create, Delete, Load, LockAndLoad, Log, Op, Queue, Release, Sleep
 from .outcome import NO_REQUEST, RequestFacts
 from .route import Route
 from .serializers import Serializer
 from .session import Session
 from .state import RequestState
 
-__all__ = ["READ_ONLY", "Opening", "set_route"]
+__all__ = ["MAX_FORWARDS", "READ_ONLY", "Opening", "set_route"]
+
+#: How many forwards left by rotation one request follows (a chain forms only when ``rotate_every``
+#: is shorter than ``rotate_grace``).
+MAX_FORWARDS = 3
 
 
 class Opening:
@@ -33,6 +38,7 @@ class Opening:
     settings: Settings
     serializer: Serializer
     lifetime: Lifetime
+    at_rest: AtRest
     #: Listeners are configured: the flows yield events (:func:`~sessionmw.core.events.emit`).
     listening: bool
 
@@ -76,63 +82,162 @@ class Opening:
         req: RequestFacts = NO_REQUEST,
         decode_later: bool = False,
     ) -> Generator[Op, object, None]:
-        """:meth:`open`, without the ``backend_unavailable`` event."""
+        """:meth:`open`, without the ``backend_unavailable`` event.
+
+        Every backend operation names the session by its handle (:func:`handle_of`), never by its id.
+        """
         st = s._state
         sid = st.cookie_sid
         if sid is None:
             return
         if lock is None:
             lock = not st.read_only
-        token: str | None = None
-        if not lock:
-            rec = yield from Load(sid)
-        else:
-            token = new_lock_token()
-            rec = yield from self._acquire(st, sid, token, mono, req)
+        token = new_lock_token() if lock else None
+        handle = handle_of(sid)
+        rec = yield from self._fetch(st, handle, token, mono, req)
+        if rec is None:
+            rec, handle = yield from self._stored_under_id(st, sid, handle, token, mono, now, req)
+        hops = 0
+        while rec is not None:
+            forward = self.at_rest.follow(rec, sid)
+            if forward is None:
+                break
+            # The id was rotated away: within its grace it leads to the new id, after it is stale.
+            if token is not None:
+                yield Release(handle, token)
+            if forward.new_id is None or forward.until < now or hops >= MAX_FORWARDS:
+                yield Log(
+                    logging.WARNING,
+                    "a session id replaced by rotation was used after its grace period (a stolen cookie?); "
+                    "a new session starts on %s",
+                    req.path or "?",
+                )
+                if self.listening:
+                    yield emit("stale_id", req.path, handle, rec.user_id)
+                return
+            hops += 1
+            sid = forward.new_id
+            handle = handle_of(sid)
+            st.forwarded = True
+            token = new_lock_token() if lock else None
+            rec = yield from self._fetch(st, handle, token, mono, req)
         if rec is None:
             # An id we signed but do not hold (expired from the store, or deleted): never adopted.
             if token is not None:
-                yield Release(sid, token)
+                yield Release(handle, token)
             if self.listening:
-                yield emit("missing", req.path, handle_of(sid))
+                yield emit("missing", req.path, handle)
             return
         reason = self.lifetime.expiry_reason(rec, now)
         if reason is not None:
             st.timed_out = True
-            yield Delete(sid)
+            yield Delete(handle)
             if token is not None:
-                yield Release(sid, token)
+                yield Release(handle, token)
             yield Log(logging.DEBUG, "session timed out; a new one starts (%s)", req.path or "?")
             if self.listening:
-                yield emit("expired", req.path, handle_of(sid), rec.user_id, reason)
+                yield emit("expired", req.path, handle, rec.user_id, reason)
             return
-        if decode_later:
-            st.pending = rec.data
+        opened = self.at_rest.open(rec, handle, bare_ok=handle == sid)
+        payload = opened.payload
+        data: dict[str, Any] | None = None
+        if payload is not None and not decode_later:
+            data = self._loads(payload)
+        if payload is None or (data is None and not decode_later):
+            # Keep the record for inspection (gc removes it); the request starts a new session.
+            yield Log(
+                logging.ERROR,
+                "stored session data cannot be read (it %s); starting a new session on %s",
+                opened.problem or "does not deserialize",
+                req.path or "?",
+            )
+            if token is not None:
+                yield Release(handle, token)
+            return
+        if data is None:
+            st.pending = payload
             s._make_lazy()
         else:
-            data = self._loads(rec.data)
-            if data is None:
-                # Keep the record for inspection (gc removes it); the request starts a new session.
-                yield Log(logging.ERROR, "stored session data cannot be read; starting a new session")
-                if token is not None:
-                    yield Release(sid, token)
-                return
             s._fill(data)
         # The stored record is this request's session from now on.
         st.id = st.stored_id = sid
+        st.handle = handle
+        st.since = since = opened.since if opened.since is not None else rec.created
         st.record = rec
         st.token = token
         st.user_id = rec.user_id
         st.user_bound = rec.user_id is not None
         st.idle_override = rec.idle_override
         st.idle_timeout = rec.idle_timeout if rec.idle_override else self.settings.idle_timeout
+        every = self.settings.rotate_every
+        if every is not None and token is not None and now - since >= every:
+            st.rotate = True
         if self.listening:
-            yield emit("loaded", req.path, handle_of(sid), rec.user_id)
+            yield emit("loaded", req.path, handle, rec.user_id)
+
+    def _fetch(
+        self, st: RequestState, handle: str, token: str | None, mono: float, req: RequestFacts
+    ) -> Generator[Op, object, Record | None]:
+        """Read the record stored under ``handle``: under its lock when ``token`` is given, else without."""
+        if token is None:
+            rec: Record | None = yield from Load(handle)
+            return rec
+        return (yield from self._acquire(st, handle, token, mono, req))
+
+    def _stored_under_id(
+        self,
+        st: RequestState,
+        sid: str,
+        handle: str,
+        token: str | None,
+        mono: float,
+        now: float,
+        req: RequestFacts,
+    ) -> Generator[Op, object, tuple[Record | None, str]]:
+        """Find a session stored under its raw id (before handles); return it and the name it is under.
+
+        Runs only when nothing is stored under the handle: one unlocked read of the raw id. A read-only
+        request reads such a session where it is; a read-write request moves it under its handle
+        (created there, then deleted under the raw id) while it holds the raw id's lock, so no other
+        request, of this version or of an older one still running, writes it meanwhile, and then takes
+        the handle's lock as usual. ``create`` only stores under an unused name, so two requests never
+        both move it.
+        """
+        found: Record | None = yield from Load(sid)
+        if found is None:
+            return None, handle
+        if token is None:
+            return found, sid
+        # Let the handle's lock go (a backend may not hold a lock on a name with no record), and take
+        # it again once the record is there: never two locks of one session at once.
+        yield Release(handle, token)
+        raw_token = new_lock_token()
+        try:
+            raw = yield from self._acquire(st, sid, raw_token, mono, req)
+            if raw is not None:
+                moved = self.at_rest.adopt(raw, handle)
+                if (yield from Create(handle, moved, self.lifetime.ttl(raw.expires, now))):
+                    yield Delete(sid)
+                    yield Log(logging.INFO, "moved a session stored under its raw id to its handle (%s)", handle)
+                else:
+                    yield Log(
+                        logging.WARNING,
+                        "a session stored under its raw id was not moved: its handle %s is taken; it is left "
+                        "where it is",
+                        handle,
+                    )
+        finally:
+            yield Release(sid, raw_token)
+        rec = yield from self._acquire(st, handle, token, mono, req)
+        return rec, handle
 
     def _acquire(
         self, st: RequestState, sid: str, token: str, mono: float, req: RequestFacts
     ) -> Generator[Op, object, Record | None]:
-        """Take ``sid``'s lock, waiting as the settings say; return its record (or ``None``)."""
+        """Take the lock of the session stored as ``sid`` (a handle), waiting as the settings say.
+
+        Returns its record (or ``None``).
+        """
         settings = self.settings
         started = mono
         queued = False
@@ -144,22 +249,22 @@ class Opening:
                 if not queued:
                     if not (yield from Queue(sid, True, settings.max_waiters)):
                         if self.listening:
-                            yield emit("too_many_waiters", req.path, handle_of(sid))
+                            yield emit("too_many_waiters", req.path, sid)
                         raise TooManyWaiters(
                             f"too many requests ({settings.max_waiters}) already wait for this "
                             "session's lock; try again shortly",
-                            sid_hint=sid[:6],
+                            sid_hint=_hint(sid),
                             timeout=settings.lock_timeout,
                         )
                     queued = True
                 delay = wait_delays(started, settings.lock_timeout, mono)
                 if delay is None:
                     if self.listening:
-                        yield emit("lock_timeout", req.path, handle_of(sid), seconds=mono - started)
+                        yield emit("lock_timeout", req.path, sid, seconds=mono - started)
                     raise SessionLockTimeout(
                         f"the session is locked by another request and was not released within "
                         f"lock_timeout={settings.lock_timeout:g} s; try again shortly",
-                        sid_hint=sid[:6],
+                        sid_hint=_hint(sid),
                         timeout=settings.lock_timeout,
                     )
                 mono = yield from Sleep(sid, delay)
@@ -175,7 +280,7 @@ class Opening:
             else:
                 yield Log(logging.DEBUG, "waited %.3f s for the session lock on %s", waited, path)
             if self.listening:
-                yield emit("lock_waited", req.path, handle_of(sid), seconds=waited)
+                yield emit("lock_waited", req.path, sid, seconds=waited)
         rec_: Record | None = rec
         return rec_
 
@@ -203,12 +308,20 @@ class Opening:
         st.cookie_sid = st.stored_id or st.cookie_sid
         s._fill({})
         st.id = st.stored_id = None
+        st.handle = None
+        st.since = None
+        st.rotate = False
         st.record = None
         s._changed.clear()
         s.modified = False
         set_route(st, Route())
 
     # -- when the response starts -------------------------------------------------------------
+
+
+def _hint(name: str) -> str:
+    """The first characters of a session's stored name, for messages: never enough to use it."""
+    return name[:9]
 
 
 def set_route(st: RequestState, route: Route) -> None:

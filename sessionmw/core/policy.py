@@ -23,6 +23,7 @@ from typing import Any
 from .closing import Closing
 from .config import Settings
 from .cookies import IdSigner, find_cookie
+from .envelope import AtRest
 from .events import Listeners
 from .hooks import SessionHooks
 from .lifetime import Lifetime
@@ -49,6 +50,8 @@ class SessionCore(Opening, Closing):
         self.signer = IdSigner(settings.secret_key)
         self.serializer = get_serializer(settings.serializer)
         self.lifetime = Lifetime(settings)
+        #: How session data is kept in the store: dated, encrypted (:mod:`.envelope`).
+        self.at_rest = AtRest(settings)
         self.routes = RouteRules(settings)
         #: The configured listeners; the drivers call them (adapters give them to their driver).
         self.listeners = Listeners(settings.listeners)

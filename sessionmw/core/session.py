@@ -13,6 +13,7 @@ from typing import Any
 
 from .cookies import new_session_id
 from .errors import ReadOnlySessionError
+from .handles import handle_of
 from .hooks import SessionHooks
 from .state import RequestState
 
@@ -281,6 +282,16 @@ class Session(dict[str, Any]):
         if st.id is None and st.draws_id:
             st.id = new_session_id()
         return st.id
+
+    @property
+    def handle(self) -> str | None:
+        """The name the store keeps this session under: a one-way hash of :attr:`id`, never the id.
+
+        ``SessionStore`` lists sessions by it (``SessionInfo.sid``) and ``terminate()`` takes it, so
+        a page listing a user's sessions can mark the current one. ``None`` when :attr:`id` is.
+        """
+        sid = self.id
+        return None if sid is None else handle_of(sid)
 
     @property
     def is_new(self) -> bool:

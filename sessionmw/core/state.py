@@ -34,6 +34,16 @@ class RequestState:
     # -- what the backend gave ----------------------------------------------------------------------
     #: The id whose record was loaded (and whose lock this request holds, if any).
     stored_id: str | None = None
+    #: The name the store keeps that record under, which every backend operation uses: the handle of
+    #: ``stored_id`` (a record stored under its raw id before handles, read by a read-only request,
+    #: is read where it is: then the raw id).
+    handle: str | None = None
+    #: When the stored id was issued (the session's creation or its last rotation).
+    since: float | None = None
+    #: ``rotate_every`` has passed since then: the session gets a new id when it is written back.
+    rotate: bool = False
+    #: The cookie's id was replaced by rotation and led here: the response carries the new id.
+    forwarded: bool = False
     record: Record | None = None
     #: The lock token while the lock is held, and the monotonic time it was taken.
     token: str | None = None
