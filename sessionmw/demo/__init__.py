@@ -2,9 +2,12 @@
 
 ``sessionmw demo`` serves it (uvicorn for FastAPI, a threaded WSGI server for Flask) on an SQLite
 file in the user's data directory. Pages: sign in (any name) and out, a counter, "your sessions"
-(end one, or all others), an admin page (every session; end a user's sessions), a read-only status
-page and a slow page that holds the session lock for a few seconds, so a second tab shows the lock
-at work. Both frameworks serve the same pages from :mod:`sessionmw.demo.pages`.
+(end one, or all others), an admin page (every session, ``stats()``, the lock waits; end a user's
+sessions), a read-only status page, a slow page that holds the session lock for a few seconds (so a
+second tab shows the lock at work), and ``/metrics`` (Prometheus, with the extra installed). The
+session events (:mod:`sessionmw.demo.activity`) tell a page that its request waited for the lock, or
+that its session was ended elsewhere. Both frameworks serve the same pages from
+:mod:`sessionmw.demo.pages`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 
 __all__ = [
     "COOKIE_PREFIX",
+    "EXCLUDE_PATHS",
     "IDLE_TIMEOUT",
     "KEY_PREFIX",
     "LOCK_TIMEOUT",
+    "MAX_SESSIONS_PER_USER",
     "build_app",
     "data_dir",
     "default_demo_backend",
@@ -33,6 +38,10 @@ COOKIE_PREFIX = "demo_"
 IDLE_TIMEOUT = 3600
 #: Seconds a request waits for the session lock (the slow page holds it for at most 30).
 LOCK_TIMEOUT = 30
+#: Sessions one name may have at once: a sign-in beyond ends that name's oldest session.
+MAX_SESSIONS_PER_USER = 3
+#: Paths that never load the session: a metrics scrape takes no session lock.
+EXCLUDE_PATHS = ("/metrics",)
 
 
 def data_dir() -> Path:

@@ -220,16 +220,25 @@ def test_demo_in_a_real_browser(demo_url: str, make_browser: Callable[[], Any]) 
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(path, DOCS_SCREENSHOT)
 
-    # End the other session: the other browser's next page load finds itself signed out.
+    # End the other session: the other browser's next page load is told, once, and is signed out.
     other = next(sid for sid, current in rows if not current)
     click_and_load(first, f"end-{other}")
     assert [current for _, current in session_rows(first)] == [True]
     assert "ended" in by_id(first, "notice").text
+    # Nothing else to end: the button is disabled, and looks it.
+    button = by_id(first, "end-others")
+    assert not button.is_enabled() and button.text == "End all other sessions (0)"
+    assert float(first.execute_script("return getComputedStyle(arguments[0]).opacity", button)) < 1
+    assert first.execute_script("return getComputedStyle(arguments[0]).cursor", button) == "not-allowed"
     shot(first, "3-other-session-ended")
     second.get(demo_url + "/")
     assert user(second) is None
+    assert "Your session was ended elsewhere" in by_id(second, "ended").text
     by_id(second, "login-name")  # the sign-in form is back
     shot(second, "4-other-browser-signed-out")
+    assert [c["name"] for c in second.get_cookies()] == []  # the stale cookie is gone
+    second.get(demo_url + "/")
+    assert user(second) is None and not second.find_elements("id", "ended")  # told once
 
     # The cookie as the browser keeps it: prefixed name, Path=/, HttpOnly, never visible to scripts.
     cookies = {c["name"]: c for c in first.get_cookies()}
@@ -238,10 +247,21 @@ def test_demo_in_a_real_browser(demo_url: str, make_browser: Callable[[], Any]) 
     assert cookie["path"] == "/" and cookie["httpOnly"] is True and cookie.get("sameSite") == "Lax"
     assert "demo_session" not in first.execute_script("return document.cookie")
 
-    # The admin page lists everyone.
+    # The admin page lists everyone, with the store's stats() and the lock waits heard so far.
     first.get(demo_url + "/admin")
     assert by_id(first, "stat-users").text == "1"
+    assert "1 live session of 1 signed-in user" in first.find_element("css selector", "p").text
+    from selenium.webdriver.common.by import By
+
+    figures = {r.get_attribute("data-figure") for r in first.find_elements(By.CSS_SELECTOR, "#stats tr[data-figure]")}
+    assert {"sessions", "users", "oldest"} <= figures, figures
+    by_id(first, "lock-wait-count")
     shot(first, "5-admin")
+
+    # An unknown URL is a page of the demo, not JSON.
+    first.get(demo_url + "/no-such-page")
+    assert first.find_element(By.TAG_NAME, "h1").text == "404 Not Found"
+    by_id(first, "http-error")
 
     # Sign out: the session is destroyed and the cookie leaves the jar.
     first.get(demo_url + "/")
@@ -254,21 +274,46 @@ def test_demo_in_a_real_browser(demo_url: str, make_browser: Callable[[], Any]) 
 
 
 def test_slow_page_holds_the_lock_while_status_answers(demo_url: str, make_browser: Callable[[], Any]) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = make_browser()
     sign_in(driver, demo_url, "bob")
     click_and_load(driver, "inc")
-    slow_tab = driver.current_window_handle
-    # Start the slow page without waiting for it, then read the status page in a second tab.
-    driver.execute_script("window.location.href = arguments[0]", demo_url + "/slow?t=3")
-    time.sleep(0.5)
+    counter_tab = driver.current_window_handle
+    # Open the slow page in a tab of its own from a script: chromedriver waits for a pending
+    # navigation of the tab it drives before its next command, so the slow page must not be one.
+    driver.execute_script("window.open(arguments[0], '_blank')", demo_url + "/slow?t=4")
+    WebDriverWait(driver, WAIT).until(lambda d: len(d.window_handles) == 2)
+    slow_tab = next(h for h in driver.window_handles if h != counter_tab)
     driver.switch_to.new_window("tab")
-    started = time.monotonic()
-    driver.get(demo_url + "/status")
-    assert time.monotonic() - started < 2.0, "the read-only page waited for the slow page's lock"
+    # The read-only status page answers while the slow page holds the lock, and says it does.
+    deadline = time.monotonic() + WAIT
+    while True:
+        driver.get(demo_url + "/status")
+        if driver.find_elements("id", "slow-holding") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "slow page of this session holds its lock" in by_id(driver, "slow-holding").text
     assert by_id(driver, "status-count").text == "1"
-    driver.switch_to.window(slow_tab)
-    from selenium.webdriver.support.ui import WebDriverWait
 
+    # Increment on the counter tab meanwhile: the click waits for the lock, and the page says so.
+    driver.switch_to.window(counter_tab)
+    click_and_load(driver, "inc")
+    assert count(driver) == 2
+    waited = by_id(driver, "waited")
+    assert "for the session lock on /increment: your slow page held the session" in waited.text, waited.text
+    assert float(waited.get_attribute("data-seconds")) > 0
+    shot(driver, "7-lock-wait-notice")
+    driver.refresh()
+    assert count(driver) == 2 and not driver.find_elements("id", "waited")  # told once
+
+    driver.switch_to.window(slow_tab)
     WebDriverWait(driver, WAIT).until(lambda d: d.find_elements("id", "slept"))
-    assert by_id(driver, "slept").text == "3"
-    shot(driver, "7-slow-page")
+    assert by_id(driver, "slept").text == "4"
+    shot(driver, "8-slow-page")
+
+    # The admin page's lock-wait panel lists the wait.
+    driver.get(demo_url + "/admin")
+    assert int(by_id(driver, "lock-wait-count").text) >= 1
+    assert driver.find_elements("css selector", "#waits tr.wait-row[data-path='/increment']")
+    shot(driver, "9-admin-lock-waits")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +15,18 @@ import pytest
 
 from sessionmw import ConfigError, SessionStore
 from sessionmw.core.cookies import IdSigner
-from sessionmw.demo import COOKIE_PREFIX, KEY_PREFIX, build_app, default_demo_backend, demo_secret_key
-from sessionmw.demo.pages import SID_PREFIX, slow_seconds
+from sessionmw.core.events import SessionEvent
+from sessionmw.core.handles import handle_of
+from sessionmw.demo import (
+    COOKIE_PREFIX,
+    KEY_PREFIX,
+    MAX_SESSIONS_PER_USER,
+    build_app,
+    default_demo_backend,
+    demo_secret_key,
+)
+from sessionmw.demo.activity import Activity, current_notes, noting
+from sessionmw.demo.pages import SID_PREFIX, STYLE, plural, slow_seconds
 
 SECRET = "demo-test-secret"
 COOKIE = f"{COOKIE_PREFIX}session"
@@ -29,6 +40,8 @@ class Page:
     status: int
     url: str
     text: str
+    content_type: str = ""
+    set_cookie: str | None = None
 
     @property
     def count(self) -> int:
@@ -65,8 +78,16 @@ class Client:
 
     def _page(self, r: Any) -> Page:
         if self.framework == "fastapi":
-            return Page(r.status_code, str(r.url), r.text)
-        return Page(r.status_code, r.request.full_path.rstrip("?"), r.get_data(as_text=True))
+            return Page(
+                r.status_code, str(r.url), r.text, r.headers.get("content-type", ""), r.headers.get("set-cookie")
+            )
+        return Page(
+            r.status_code,
+            r.request.full_path.rstrip("?"),
+            r.get_data(as_text=True),
+            r.headers.get("Content-Type", ""),
+            r.headers.get("Set-Cookie"),
+        )
 
     def get(self, path: str) -> Page:
         if self.framework == "fastapi":
@@ -101,6 +122,11 @@ class Client:
         sid = IdSigner([SECRET]).unsign(value, None)
         assert sid is not None
         return sid
+
+    @property
+    def name(self) -> str:
+        """The session's name on the pages: the first characters of its handle."""
+        return handle_of(self.sid)[:SID_PREFIX]
 
     def twin(self) -> Client:
         """Another client with the same cookie: a second connection of the same browser."""
@@ -216,14 +242,14 @@ def test_your_sessions_list_and_end_another(framework: str, app: Any, store: Ses
     page = a.get("/sessions")
     assert page.status == 200
     rows = page.rows()
-    assert sorted(rows) == sorted([(a.sid[:SID_PREFIX], True), (b.sid[:SID_PREFIX], False)])
+    assert sorted(rows) == sorted([(a.name, True), (b.name, False)])
     assert "Browser-A" in page.text and "Browser-B" in page.text
     assert a.sid not in page.text and b.sid not in page.text  # never a full session id
-    assert f"id='end-{b.sid[:SID_PREFIX]}'" in page.text and "id=end-others" in page.text
+    assert f"id='end-{b.name}'" in page.text and "id=end-others" in page.text
     assert len(store.list_sessions(user_id="alice")) == 2
 
-    page = a.post("/sessions/end", {"sid": b.sid[:SID_PREFIX]})
-    assert page.url.endswith("/sessions?msg=ended") and page.rows() == [(a.sid[:SID_PREFIX], True)]
+    page = a.post("/sessions/end", {"sid": b.name})
+    assert page.url.endswith("/sessions?msg=ended") and page.rows() == [(a.name, True)]
     assert b.get("/").user is None  # the other browser is signed out
     assert bob.get("/").user == "bob" and a.get("/").user == "alice"
 
@@ -231,9 +257,9 @@ def test_your_sessions_list_and_end_another(framework: str, app: Any, store: Ses
 def test_end_others_and_end_current(framework: str, app: Any, store: SessionStore) -> None:
     clients = [signed_in(framework, app, "carol") for _ in range(3)]
     page = clients[0].post("/sessions/end-others")
-    assert page.rows() == [(clients[0].sid[:SID_PREFIX], True)]
+    assert page.rows() == [(clients[0].name, True)]
     assert [c.get("/").user for c in clients] == ["carol", None, None]
-    page = clients[0].post("/sessions/end", {"sid": clients[0].sid[:SID_PREFIX]})
+    page = clients[0].post("/sessions/end", {"sid": clients[0].name})
     assert page.user is None and "Signed out" in page.text
     assert store.list_sessions(user_id="carol") == []
 
@@ -241,7 +267,7 @@ def test_end_others_and_end_current(framework: str, app: Any, store: SessionStor
 def test_cannot_end_someone_elses_session(framework: str, app: Any) -> None:
     alice = signed_in(framework, app, "alice")
     mallory = signed_in(framework, app, "mallory")
-    for prefix in (alice.sid[:SID_PREFIX], alice.sid, "", "a"):
+    for prefix in (alice.name, handle_of(alice.sid), alice.sid, "", "a"):
         page = mallory.post("/sessions/end", {"sid": prefix})
         assert "No such session" in page.text
     assert alice.get("/").user == "alice"
@@ -316,3 +342,200 @@ def test_slow_seconds() -> None:
     assert slow_seconds({"t": "-3"}) == 0.0
     assert slow_seconds({"t": "soon"}) == 5.0
     assert slow_seconds({"t": "nan"}) == 5.0
+
+
+def activity_of(app: Any) -> Activity:
+    """The demo's session listener, as the app keeps it."""
+    found = app.state.activity if hasattr(app, "state") else app.extensions["sessionmw_demo_activity"]
+    assert isinstance(found, Activity)
+    return found
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def notice(page: Page, element_id: str) -> str | None:
+    """The text of a notice box on the page, or None."""
+    m = re.search(rf"<div class='box [a-z]+' id={element_id}[^>]*>(.*?)</div>", page.text)
+    return None if m is None else m.group(1)
+
+
+def test_a_click_that_waited_for_the_lock_is_told_how_long(framework: str, app: Any) -> None:
+    c = signed_in(framework, app, "wendy")
+    c.post("/increment")
+    handle = handle_of(c.sid)
+    slow_client, writer = c.twin(), c.twin()
+    result: dict[str, Page] = {}
+    t = threading.Thread(target=lambda: result.setdefault("slow", slow_client.get("/slow?t=1.5")))
+    t.start()
+    activity = activity_of(app)
+    wait_until(lambda: activity.slow_holding(handle), "the slow page holds the lock")
+    assert "id=slow-holding" in c.twin().get("/status").text  # the read-only page says so, at once
+    page = writer.post("/increment")  # waits for the slow page's lock, then redirects to the counter
+    t.join(10)
+    assert page.count == 2
+    waited = notice(page, "waited")
+    assert waited is not None, page.text
+    assert "for the session lock on <code>/increment</code>: your slow page held the session" in waited
+    seconds = float(re.search(r"data-seconds='([0-9.]+)'", page.text).group(1))  # type: ignore[union-attr]
+    assert seconds > 0
+    assert "id=waited" not in result["slow"].text  # the slow page itself never waited
+    assert "id=waited" not in writer.get("/").text  # said once
+    assert "id=slow-holding" not in c.get("/status").text
+
+    admin = c.get("/admin")
+    assert "id=lock-wait-count>1</b> request waited" in admin.text
+    assert "<tr class=wait-row data-path='/increment'>" in admin.text and "the slow page" in admin.text
+    assert "<span data-kind='lock_waited'>lock_waited <b>1</b>" in admin.text
+
+
+def test_a_wait_for_another_request_names_no_slow_page() -> None:
+    activity = Activity()
+    activity(SessionEvent("lock_waited", "h1.x", path="/", seconds=0.25))
+    wait = activity.pop_wait("h1.x")
+    assert wait is not None and wait.holder is None and wait.seconds == 0.25 and wait.path == "/"
+    assert activity.pop_wait("h1.x") is None
+    activity.slow_started("h1.y", 5.0)
+    activity(SessionEvent("lock_waited", "h1.y", path="/increment", seconds=1.0))
+    assert activity.pop_wait("h1.y").holder == "slow"  # type: ignore[union-attr]
+    assert activity.event_counts() == {"lock_waited": 2}
+    assert [w.handle for w in activity.recent_waits()] == ["h1.y", "h1.x"]
+
+
+def test_ended_elsewhere_is_told_once(framework: str, app: Any, store: SessionStore) -> None:
+    a = signed_in(framework, app, "alice", "Browser-A")
+    b = signed_in(framework, app, "alice", "Browser-B")
+    a.post("/sessions/end", {"sid": b.name})
+    page = b.get("/")
+    ended = notice(page, "ended")
+    assert page.user is None and ended is not None and "ended elsewhere" in ended, page.text
+    assert "data-why='elsewhere'" in page.text
+    assert page.set_cookie is not None and page.set_cookie.startswith(f"{COOKIE}=")  # the stale cookie goes
+    assert b.cookie is None
+    page = b.get("/")
+    assert page.user is None and "id=ended" not in page.text  # once
+    assert "id=ended" not in a.get("/").text
+
+    # Ended by the store (the admin page, `sessionmw kill`): on a read-only page too.
+    c = signed_in(framework, app, "carl")
+    store.terminate(handle_of(c.sid))
+    page = c.get("/status")
+    assert "data-why='elsewhere'" in page.text and c.cookie is None
+    assert "id=ended" not in c.get("/status").text
+
+    # A click of a browser whose session ended: its new session's page says so.
+    d = signed_in(framework, app, "dan")
+    d.post("/increment")
+    store.terminate_user("dan")
+    page = d.post("/increment")
+    assert page.count == 1 and page.user is None and page.url.endswith("/?msg=ended-elsewhere")
+    assert "Your session was ended elsewhere" in page.text
+    assert "ended elsewhere" not in d.get("/").text
+
+
+def test_a_sign_in_over_the_limit_ends_the_oldest_session_which_is_told(framework: str, app: Any) -> None:
+    browsers = [signed_in(framework, app, "zoe", f"Browser-{n}") for n in range(MAX_SESSIONS_PER_USER + 1)]
+    pages = [c.get("/") for c in browsers]
+    assert [p.user for p in pages] == [None] + ["zoe"] * MAX_SESSIONS_PER_USER
+    assert "data-why='elsewhere'" in pages[0].text
+    assert all("id=ended" not in p.text for p in pages[1:])
+    admin = browsers[1].get("/admin")
+    assert "<span data-kind='terminated'>terminated <b>1</b>" in admin.text
+
+
+def test_a_timed_out_session_is_told_so_once(framework: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(f"sessionmw.demo.{framework}_app.IDLE_TIMEOUT", 1)
+    app = build_app(backend, SECRET, framework=framework)
+    a, b = signed_in(framework, app, "tim", "Browser-A"), signed_in(framework, app, "tom", "Browser-B")
+    b.post("/increment")
+    time.sleep(1.5)  # both sessions time out: one second without a request
+    page = a.get("/")
+    assert page.user is None and "data-why='expired'" in page.text and "Your session timed out" in page.text
+    assert "ended elsewhere" not in page.text and a.cookie is None
+    assert "id=ended" not in a.get("/").text  # once
+    page = b.post("/increment")  # an action: its new session's page says so
+    assert page.count == 1 and page.url.endswith("/?msg=timed-out") and "had timed out" in page.text
+    assert "id=ended" not in page.text and "id=notice" not in b.get("/").text
+
+
+def test_the_listener_notes_what_ended_the_current_request_session() -> None:
+    activity = Activity()
+    with noting(activity) as notes:
+        assert current_notes() is notes and notes.ended is None
+        activity(SessionEvent("expired", "h1.x", path="/", reason="idle"))
+        assert notes.ended == "expired"
+        activity(SessionEvent("missing", "h1.x", path="/"))
+        assert notes.ended == "elsewhere"
+    assert current_notes() is not notes and current_notes().ended is None
+    activity(SessionEvent("missing", "h1.x", path="/"))  # outside a request: nobody to tell
+    assert current_notes().ended is None
+
+
+def test_admin_page_shows_stats_and_plural_wording(framework: str, app: Any) -> None:
+    bob = signed_in(framework, app, "bob")
+    page = bob.get("/admin")
+    assert "id=stat-sessions>1</b> live session of" in page.text
+    assert "id=stat-users>1</b> signed-in user," in page.text
+    assert "End bob's 1 session<" in page.text
+    assert "id=stats>" in page.text
+    for figure in ("sessions", "users", "oldest"):
+        assert f"<tr data-figure='{figure}'>" in page.text
+    assert re.search(r"<tr data-figure='sessions'><td><code>sessions</code></td><td>1</td>", page.text)
+    assert "id=lock-wait-count>0</b> requests waited" in page.text
+    a1 = signed_in(framework, app, "alice")
+    signed_in(framework, app, "alice")
+    page = a1.get("/admin")
+    assert (
+        "id=stat-sessions>3</b> live sessions of" in page.text and "id=stat-users>2</b> signed-in users," in page.text
+    )
+    assert "End alice's 2 sessions<" in page.text
+    page = a1.get("/sessions")
+    assert "id=session-count>2</b> live sessions:" in page.text and "End the other session (1)" in page.text
+    page = bob.get("/sessions")
+    assert "id=session-count>1</b> live session:" in page.text
+    assert "<button class=danger id=end-others disabled>End all other sessions (0)" in page.text
+
+
+def test_plural_and_disabled_look() -> None:
+    assert [plural(n, "session") for n in (0, 1, 2)] == ["0 sessions", "1 session", "2 sessions"]
+    assert re.search(r"button:disabled\{[^}]*opacity:", STYLE) and "cursor:not-allowed" in STYLE
+
+
+def test_unknown_url_gets_an_html_page(framework: str, app: Any) -> None:
+    c = signed_in(framework, app, "nina")
+    page = c.get("/no/such/page")
+    assert page.status == 404 and page.content_type.startswith("text/html")
+    assert "<h1>404 Not Found</h1>" in page.text and "<code>/no/such/page</code>" in page.text
+    page = c.get("/increment")  # a form's target, by GET
+    assert page.status == 405 and page.content_type.startswith("text/html") and "405 Method Not Allowed" in page.text
+
+
+def test_metrics_page_serves_prometheus_text(framework: str, app: Any, backend: str) -> None:
+    c = signed_in(framework, app, "mia")
+    c.post("/increment")
+    page = c.get("/metrics")
+    assert page.status == 200 and page.content_type.startswith("text/plain")
+    assert page.set_cookie is None and "<html" not in page.text
+    assert 'sessionmw_events_total{kind="created",reason=""} 1.0' in page.text
+    assert 'sessionmw_events_total{kind="bound",reason=""} 1.0' in page.text
+    assert "sessionmw_lock_wait_seconds_bucket" in page.text
+    assert "sessionmw_backend_operation_seconds_count{operation=" in page.text
+    # Each app has a registry of its own: another demo in this process counts from zero.
+    other = build_app(backend, SECRET, framework=framework)
+    assert 'kind="created",reason=""} 0.0' in browser(framework, other).get("/metrics").text
+
+
+def test_metrics_page_without_prometheus_client_says_what_to_install(
+    framework: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it now fails
+    app = build_app(backend, SECRET, framework=framework)
+    c = signed_in(framework, app, "max")
+    page = c.get("/metrics")
+    assert page.status == 501 and page.content_type.startswith("text/html")
+    assert "pip install 'sessionmw[prometheus]'" in page.text
+    assert c.post("/increment").count == 1  # the rest of the demo works
