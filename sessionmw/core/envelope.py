@@ -144,14 +144,14 @@ class AtRest:
             return Opened(None, None, "is a forward")
         return Opened(None, None, "has an unknown layout")
 
-    def adopt(self, record: Record, handle: str) -> Record:
+    def adopt(self, record: Record, handle: str, since: float) -> Record:
         """Return a record stored under a raw id (before handles) as it is stored under ``handle``.
 
-        Its data was never encrypted nor dated: it is sealed now, dated from its creation.
+        Its data was never encrypted nor dated: it is sealed now, its id issued at ``since``.
         """
         if record.data[:5] == MAGIC:
             return record
-        return self.seal(record, handle, record.created)
+        return self.seal(record, handle, since)
 
     @staticmethod
     def forward(record: Record, old_id: str, new_id: str, until: float) -> Record:

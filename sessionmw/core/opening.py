@@ -12,6 +12,7 @@ from typing import Any
 
 from ..backends.base import Record
 from .config import Settings
+from .cookies import new_session_id
 from .envelope import AtRest
 from .errors import BackendUnavailable, SessionLockTimeout, TooManyWaiters
 from .events import emit
@@ -196,40 +197,60 @@ class Opening:
     ) -> Generator[Op, object, tuple[Record | None, str]]:
         """Find a session stored under its raw id (before handles); return it and the name it is under.
 
-        Runs only when nothing is stored under the handle: one unlocked read of the raw id. A read-only
-        request reads such a session where it is; a read-write request moves it under its handle
-        (created there, then deleted under the raw id) while it holds the raw id's lock, so no other
-        request, of this version or of an older one still running, writes it meanwhile, and then takes
-        the handle's lock as usual. ``create`` only stores under an unused name, so two requests never
-        both move it.
+        Runs only when nothing is stored under the handle: one unlocked read of the raw id (and, if
+        nothing is there either, one more of the handle). A read-only
+        request reads such a session where it is. A read-write request moves it (:meth:`_move`) while
+        it holds the raw id's lock, so no other request, of this version or of an older one still
+        running, writes it meanwhile; then it looks under the handle again, as any request would, and
+        finds the forward the move left there.
         """
         found: Record | None = yield from Load(sid)
         if found is None:
-            return None, handle
+            # A request moving this session may have put its forward under the handle after this one
+            # looked there, and deleted the raw id since: look again, or a parallel request of the
+            # same browser would start a new session.
+            again: Record | None = yield from Load(handle)
+            if again is None or token is None:
+                return again, handle
+            yield Release(handle, token)
+            return (yield from self._acquire(st, handle, token, mono, req)), handle
         if token is None:
             return found, sid
         # Let the handle's lock go (a backend may not hold a lock on a name with no record), and take
-        # it again once the record is there: never two locks of one session at once.
+        # it again once the move is done: never two locks of one session at once.
         yield Release(handle, token)
         raw_token = new_lock_token()
         try:
             raw = yield from self._acquire(st, sid, raw_token, mono, req)
-            if raw is not None:
-                moved = self.at_rest.adopt(raw, handle)
-                if (yield from Create(handle, moved, self.lifetime.ttl(raw.expires, now))):
-                    yield Delete(sid)
-                    yield Log(logging.INFO, "moved a session stored under its raw id to its handle (%s)", handle)
-                else:
-                    yield Log(
-                        logging.WARNING,
-                        "a session stored under its raw id was not moved: its handle %s is taken; it is left "
-                        "where it is",
-                        handle,
-                    )
+            if raw is not None:  # else another request moved it while this one waited
+                yield from self._move(sid, handle, raw, now)
         finally:
             yield Release(sid, raw_token)
         rec = yield from self._acquire(st, handle, token, mono, req)
         return rec, handle
+
+    def _move(self, sid: str, handle: str, raw: Record, now: float) -> Generator[Op, object, None]:
+        """Move a session stored under its raw id ``sid``: a new id, as a rotation gives.
+
+        The raw id was a key of the store, so any copy of the store made before the upgrade holds
+        it: the session goes on under a new id, created under that id's handle, and ``handle`` (the
+        raw id's) gets a forward to it for ``rotate_grace`` seconds, so parallel requests still
+        carrying the raw id land in the session and get the new cookie. ``create`` stores only under
+        an unused name, so the move happens once.
+        """
+        new_id = new_session_id()
+        new_handle = handle_of(new_id)
+        moved = self.at_rest.adopt(raw, new_handle, now)
+        if not (yield from Create(new_handle, moved, self.lifetime.ttl(raw.expires, now))):
+            return  # pragma: no cover - 256-bit ids do not collide
+        until = now + self.settings.rotate_grace
+        forward = self.at_rest.forward(raw, sid, new_id, until)
+        if (yield from Create(handle, forward, self.lifetime.ttl(until, now))):
+            yield Delete(sid)
+            yield Log(logging.INFO, "moved a session stored under its raw id to a new id (handle %s)", new_handle)
+        else:
+            yield Delete(new_handle)
+            yield Log(logging.WARNING, "a session stored under its raw id was not moved: %s is taken", handle)
 
     def _acquire(
         self, st: RequestState, sid: str, token: str, mono: float, req: RequestFacts
