@@ -51,6 +51,9 @@ _HEAD = struct.Struct(">5scd")
 #: Bytes of the header of a non-bare blob: magic, form, a double.
 HEADER_SIZE = _HEAD.size
 _AAD_LABEL = b"sessionmw.record.v1\x00"
+#: created, idle_override, idle_timeout (NaN for none) in an encrypted record's associated data.
+_AAD_TIMES = struct.Struct(">d?d")
+_NAN = float("nan")
 _PAD_LABEL = b"sessionmw.forward.v1\x00"
 _ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 #: The longest id a forward carries (ids are 43 characters).
@@ -110,9 +113,9 @@ class AtRest:
         cipher = self.cipher
         if cipher is not None:
             head = _HEAD.pack(MAGIC, _SEALED, since)
-            return record._replace(data=head + cipher.encrypt(record.data, _aad(handle, head, record)))
+            return Record(head + cipher.encrypt(record.data, _aad(handle, head, record)), *record[1:])
         if self.dated:
-            return record._replace(data=_HEAD.pack(MAGIC, _DATED, since) + record.data)
+            return Record(_HEAD.pack(MAGIC, _DATED, since) + record.data, *record[1:])
         return record
 
     def open(self, record: Record, handle: str, *, bare_ok: bool = False) -> Opened:
@@ -132,7 +135,11 @@ class AtRest:
         if form == _SEALED:
             if self.cipher is None:
                 return Opened(None, since, "is encrypted, and no encryption_key is set")
-            plain = self.cipher.decrypt(data[HEADER_SIZE:], _aad(handle, data[:HEADER_SIZE], record))
+            try:
+                aad = _aad(handle, data[:HEADER_SIZE], record)
+            except (struct.error, TypeError):  # metadata of the wrong types: edited in the store
+                return Opened(None, since, "has metadata of the wrong types")
+            plain = self.cipher.decrypt(data[HEADER_SIZE:], aad)
             if plain is None:
                 return Opened(None, since, "does not decrypt with any encryption_key (another key, or altered)")
             return Opened(plain, since)
@@ -182,9 +189,6 @@ class AtRest:
 def _aad(handle: str, head: bytes, record: Record) -> bytes:
     """The associated data of an encrypted record: what may not change without it failing to decrypt."""
     idle = record.idle_timeout
-    # repr() tells 1 from "1"; float() makes an int time written by hand compare equal to its float.
-    meta = (
-        f"{float(record.created)!r}\x00{record.user_id!r}\x00{bool(record.idle_override)}"
-        f"\x00{None if idle is None else float(idle)!r}"
-    )
-    return b"%b%b\x00%b%b" % (_AAD_LABEL, handle.encode("ascii", "replace"), head, meta.encode("utf-8", "replace"))
+    times = _AAD_TIMES.pack(record.created, record.idle_override, _NAN if idle is None else idle)
+    # repr() tells 1 from "1" (and None from "None").
+    return b"%b%b\x00%b%b%b" % (_AAD_LABEL, handle.encode(), head, times, repr(record.user_id).encode())

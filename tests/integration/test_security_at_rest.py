@@ -277,6 +277,7 @@ def test_a_record_copied_to_another_sessions_handle_does_not_decrypt(
         assert backend.create(handle_of(mine), rec, 300)
     finally:
         backend.close()
+    assert victim.get("/view").json()["session"] == {"role": "admin"}, "the record reads under its own handle"
     attacker = wsgi_client(**options)
     put_cookie(attacker, cookie_for(mine))
     state = attacker.get("/view").json()
