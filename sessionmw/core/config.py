@@ -64,6 +64,9 @@ class Settings:
     encryption_key: tuple[bytes, ...] = ()
     #: A session whose stored form is larger than this raises RecordTooLarge at write (``None``: no limit).
     max_session_bytes: int | None = 512 * 1024
+    #: Seconds between background collections of expired sessions (file and SQL backends), one worker
+    #: at a time; ``None``: never (run ``sessionmw gc`` from cron instead).
+    gc_interval: float | None = 300.0
     #: Derived: the full cookie name (``cookie_prefix + session_cookie``).
     cookie_name: str = field(init=False)
     #: Derived: the Set-Cookie attribute tail.
@@ -97,7 +100,7 @@ class Settings:
         check(lambda: _positive("lock_expire", self.lock_expire))
         check(lambda: _positive("touch_interval", self.touch_interval, allow_zero=True))
         check(lambda: _positive("rotate_grace", self.rotate_grace, allow_zero=True))
-        for name in ("idle_timeout", "absolute_timeout", "lock_warn", "rotate_every"):
+        for name in ("idle_timeout", "absolute_timeout", "lock_warn", "rotate_every", "gc_interval"):
             value = getattr(self, name)
             if value is not None:
                 check(lambda name=name, value=value: _positive(name, value))  # type: ignore[misc]
@@ -348,6 +351,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "rotate_every": _to_opt_float,
     "rotate_grace": float,
     "max_session_bytes": _to_opt_int,
+    "gc_interval": _to_opt_float,
 }
 
 # Config keys whose name is not SESSION_ + the option's upper-cased name.
