@@ -18,7 +18,9 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "AdminBackend",
+    "AwaitsRelease",
     "WaitsForFailover",
+    "WaitsForRelease",
     "AsyncBackend",
     "Backend",
     "Record",
@@ -266,4 +268,31 @@ class WaitsForFailover(Protocol):
 
     def cap_failover_wait(self, lock_timeout: float) -> None:
         """Never wait for a failover longer than ``lock_timeout``, a middleware setting the URL cannot see."""
+        ...
+
+
+@runtime_checkable
+class WaitsForRelease(Protocol):
+    """A backend that wakes a waiter when a session's lock is released, in this process or another.
+
+    The drivers wait with it instead of sleeping between two tries of the lock; polling stays the
+    fallback (a wait that fails, or a lock that expires rather than being released, is noticed at the
+    next try the core's delays allow).
+    """
+
+    def wait_released(self, sid: str, timeout: float) -> None:
+        """Return when ``sid``'s lock is released, at once if it is free now, or after ``timeout`` seconds.
+
+        A release wakes one waiter (per process, or in all, as the store allows), who then tries the
+        lock. Returning early is allowed: the caller tries the lock again either way.
+        """
+        ...
+
+
+@runtime_checkable
+class AwaitsRelease(Protocol):
+    """The asyncio side of :class:`WaitsForRelease`: the wait parks no thread."""
+
+    async def await_released(self, sid: str, timeout: float) -> None:
+        """See :meth:`WaitsForRelease.wait_released`."""
         ...

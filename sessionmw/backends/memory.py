@@ -4,7 +4,8 @@
 that names it, so ``key_prefix`` keeps apps apart as it does on a real server. It is both a
 :class:`~sessionmw.backends.base.Backend` and an
 :class:`~sessionmw.backends.base.AsyncBackend`: it does no I/O, so the async methods call the sync
-ones.
+ones. A waiter for a lock waits on a ticket of the store (:class:`~.wakeups.Wakeups`), woken by the
+release, one waiter per release, whichever middleware (sync or asyncio) of the process released it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ._url import BackendURL
 from .base import Record, Touch
+from .wakeups import Wakeups
 
 __all__ = ["MemoryBackend"]
 
@@ -29,6 +31,8 @@ class _Store:
     locks: dict[str, tuple[str, float]] = field(default_factory=dict)
     #: key prefix + str(user id) -> keys of that user's sessions
     users: dict[str, set[str]] = field(default_factory=dict)
+    #: key -> this store's waiters for its lock
+    wakeups: Wakeups = field(default_factory=Wakeups)
 
 
 _STORES: dict[str, _Store] = {}
@@ -133,10 +137,11 @@ class MemoryBackend:
             if not self._holds(key, token, now):
                 return False
             del self._s.locks[key]
-            if self._live(key, now) is None:
-                return False  # ended meanwhile (terminate, gc): never resurrect it
-            self._put(key, record, ttl, now)
-            return True
+            saved = self._live(key, now) is not None  # else ended meanwhile (terminate, gc): never resurrect it
+            if saved:
+                self._put(key, record, ttl, now)
+        self._s.wakeups.wake(key)
+        return saved
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, touching the record first."""
@@ -148,7 +153,8 @@ class MemoryBackend:
             del self._s.locks[key]
             if touch is not None:
                 self._touch(key, touch, now)
-            return True
+        self._s.wakeups.wake(key)
+        return True
 
     def touch(self, sid: str, touch: Touch) -> None:
         """Refresh last access without rewriting the data."""
@@ -174,6 +180,26 @@ class MemoryBackend:
         """Remove the session's data."""
         with self._s.mutex:
             self._remove(self.key_prefix + sid)
+
+    def _locked(self, key: str) -> bool:
+        with self._s.mutex:
+            held = self._s.locks.get(key)
+            return held is not None and held[1] > time.monotonic()
+
+    def wait_released(self, sid: str, timeout: float) -> None:
+        """Return when ``sid``'s lock is released (at once if it is free), or after ``timeout`` seconds."""
+        key = self.key_prefix + sid
+        with self._s.wakeups.ticket(key) as ticket:
+            # Queued before the look: a release after it wakes this ticket, one before it shows here.
+            if self._locked(key):
+                ticket.wait(timeout)
+
+    async def await_released(self, sid: str, timeout: float) -> None:
+        """See :meth:`wait_released`; the wait is on the event loop."""
+        key = self.key_prefix + sid
+        with self._s.wakeups.ticket(key, on_loop=True) as ticket:
+            if self._locked(key):
+                await ticket.await_(timeout)
 
     def close(self) -> None:
         """Nothing to release: the store lives as long as the process."""

@@ -2,14 +2,15 @@
 
 For backends whose client has no asyncio twin (file, SQLAlchemy with sync drivers, pymemcache). The
 waiting for a lock still happens on the event loop (the async driver sleeps), so no thread is parked
-while a request waits.
+while a request waits; a backend that wakes waiters itself (file, PostgreSQL) offers that wait as a
+coroutine (:class:`~.base.AwaitsRelease`), which this wrapper passes on as it is.
 """
 
 from __future__ import annotations
 
 from anyio import to_thread
 
-from .base import Backend, Record, Touch, WaitsForFailover
+from .base import AwaitsRelease, Backend, Record, Touch, WaitsForFailover
 
 __all__ = ["ThreadedAsyncBackend"]
 
@@ -20,6 +21,8 @@ class ThreadedAsyncBackend:
     def __init__(self, backend: Backend) -> None:
         self.sync = backend
         self.name = backend.name
+        if isinstance(backend, AwaitsRelease):
+            self.await_released = backend.await_released
 
     def cap_failover_wait(self, lock_timeout: float) -> None:
         """Pass the bound on failover waits to the wrapped backend, when it waits for failovers."""

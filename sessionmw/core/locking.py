@@ -1,8 +1,14 @@
 """The lock-waiting policy, written once for every backend and both drivers.
 
-Rules of this module: no I/O, no clock reads, no sleeping. The drivers sleep for the delays this
-module hands out; a release in the same process wakes its waiters at once, and waiters in other
-processes poll with a back-off that starts at a millisecond.
+Rules of this module: no I/O, no clock reads, no sleeping. A release wakes one waiter of the session:
+in this process (the driver's own wake-up) and, where the backend can, in any process
+(:class:`~sessionmw.backends.base.WaitsForRelease`: a blocking pop on Redis, ``LISTEN`` on
+PostgreSQL, a blocking ``flock`` for files, a queue in the memory store). Between two tries, a waiter
+waits for that wake-up at most the delay :func:`wait_delays` hands out, from :data:`FIRST_DELAY`
+growing to :data:`POLL_INTERVAL`: what polling gives where nothing wakes a waiter in another process
+(SQLite, MySQL/MariaDB, memcached) or a lock is left to expire. A waiter the backend wakes skips the
+short first delays (:func:`woken_wait`): they are its fallback for a wake-up that is lost. A test
+sets both long to prove that a waiter was woken, not polled.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import os
 import secrets
 from collections.abc import Iterator
 
-__all__ = ["new_lock_token", "wait_delays"]
+__all__ = ["BACKOFF", "FIRST_DELAY", "POLL_INTERVAL", "new_lock_token", "wait_delays", "woken_wait"]
 
+#: Seconds of the first wait for a lock, growing by :data:`BACKOFF` with the time already waited.
 FIRST_DELAY = 0.001
 BACKOFF = 1.5
-MAX_DELAY = 0.05
+#: The longest wait between two tries of a lock, in seconds: the poll interval where nothing wakes a
+#: waiter, and the fallback for a wake-up that never comes.
+POLL_INTERVAL = 0.05
 
 
 class _Tokens:
@@ -60,8 +69,18 @@ def wait_delays(started: float, timeout: float, now: float) -> float | None:
         return None
     waited = now - started
     # Grow with the time already waited: 1 ms at first, 50 ms at most, never past the deadline.
-    delay = min(MAX_DELAY, max(FIRST_DELAY, waited * (BACKOFF - 1)))
+    delay = min(POLL_INTERVAL, max(FIRST_DELAY, waited * (BACKOFF - 1)))
     return min(delay, remaining)
+
+
+def woken_wait(delay: float) -> float:
+    """Return how long a waiter that a release wakes waits for it, given the core's ``delay``.
+
+    The back-off's short first delays are for polling; a waiter that is woken needs none, and
+    trying the lock every millisecond would cost the store round trips for nothing. It waits
+    :data:`POLL_INTERVAL` at least, so its last wait may end up to that long after ``lock_timeout``.
+    """
+    return max(delay, POLL_INTERVAL)
 
 
 def delay_series(timeout: float) -> Iterator[float]:

@@ -1,8 +1,15 @@
 """The asyncio driver and one ASGI request's session glue.
 
-The driver's loop is :mod:`._run_async`; this module is its I/O layer: waiting for a lock on an
-``asyncio.Event`` (a release in this process wakes the waiters at once), and one timer per driver
-that extends the locks held, every third of ``lock_expire`` (:class:`~.common.Renewals`).
+The driver's loop is :mod:`._run_async`; this module is its I/O layer: waiting for a lock, and one
+timer per driver that extends the locks held, every third of ``lock_expire``
+(:class:`~.common.Renewals`).
+
+A waiter awaits the backend's wake-up where the backend offers one
+(:class:`~sessionmw.backends.base.AwaitsRelease`: a release in any process wakes it, and no thread is
+parked); otherwise, or when that wait fails, a ticket of this process
+(:class:`~sessionmw.backends.wakeups.Wakeups`), which a release in this process wakes, one waiter per
+release. Then it tries the lock again: woken, or after the core's delay (a waiter that can be woken
+skips the back-off's short first delays, :func:`~sessionmw.core.locking.woken_wait`).
 """
 
 from __future__ import annotations
@@ -11,14 +18,18 @@ import asyncio
 import time
 from typing import Any
 
-from ..backends.base import AsyncBackend
+from ..backends.base import AsyncBackend, AwaitsRelease
+from ..backends.wakeups import Wakeups
 from ..core.errors import ReadOnlySessionError, SessionError
 from ..core.hooks import SessionHooks
+from ..core.locking import woken_wait
+from ..core.ops import Queue
 from ..core.policy import Outcome, SessionCore
 from ..core.route import Route
 from ..core.session import Session
 from ._run_async import AsyncRunner
 from .common import log_failed_renewal
+from .waiting import log_failed_wait
 
 __all__ = ["AsyncDriver", "AsyncRequest"]
 
@@ -29,7 +40,10 @@ class AsyncDriver(AsyncRunner):
     def __init__(self, backend: AsyncBackend, lock_expire: float) -> None:
         super().__init__(lock_expire)
         self.backend = backend
-        self._events: dict[str, asyncio.Event] = {}
+        #: The backend's wake-up on a release in any process, if it has one.
+        self._await_released = backend.await_released if isinstance(backend, AwaitsRelease) else None
+        #: This process's waiters that wait on a ticket, woken by a release here.
+        self._wakeups = Wakeups()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -37,19 +51,26 @@ class AsyncDriver(AsyncRunner):
         self._inline = backend if getattr(backend, "nonblocking", False) else None
 
     async def _sleep(self, sid: str, delay: float) -> float:
-        event = self._events.get(sid)
-        if event is None:
-            event = self._events[sid] = asyncio.Event()
-        try:
-            await asyncio.wait_for(event.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
+        wait = self._await_released
+        if wait is not None:
+            try:
+                await wait(sid, woken_wait(delay))
+                return time.monotonic()
+            except Exception as exc:
+                log_failed_wait(exc)  # then wait as if the backend could not wake us
+        with self._wakeups.ticket(sid, on_loop=True) as ticket:
+            await ticket.await_(delay)
         return time.monotonic()
 
+    def _queue(self, op: Queue) -> bool | None:
+        answer = super()._queue(op)
+        if op.sid not in self._waiters:
+            self._wakeups.forget(op.sid)
+        return answer
+
     def _wake(self, sid: str) -> None:
-        event = self._events.pop(sid, None)
-        if event is not None:
-            event.set()
+        # One waiter per release; one between its failed try and its wait finds the wake-up kept.
+        self._wakeups.wake(sid, keep=sid in self._waiters)
 
     def _hold(self, sid: str, token: str) -> None:
         self.renewals.add(sid, token, time.monotonic())

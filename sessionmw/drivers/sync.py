@@ -1,9 +1,15 @@
 """The sync driver and one WSGI or Flask request's session glue.
 
 The driver's loop is :mod:`._run_sync` (generated from the async one); this module is its I/O
-layer: waiting for a lock on a ``threading.Event`` (a release in this process wakes the waiters at
-once), and one daemon thread that extends the locks held, every third of ``lock_expire``
-(:class:`~.common.Renewals`). It imports no event loop.
+layer: waiting for a lock, and one daemon thread that extends the locks held, every third of
+``lock_expire`` (:class:`~.common.Renewals`). It imports no event loop.
+
+A waiter waits for the backend's wake-up where the backend offers one
+(:class:`~sessionmw.backends.base.WaitsForRelease`: a release in any process wakes it); otherwise, or
+when that wait fails, on a ticket of this process (:class:`~sessionmw.backends.wakeups.Wakeups`),
+which a release in this process wakes, one waiter per release. Then it tries the lock again: woken,
+or after the core's delay (a waiter that can be woken skips the back-off's short first delays,
+:func:`~sessionmw.core.locking.woken_wait`).
 """
 
 from __future__ import annotations
@@ -12,16 +18,19 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..backends.base import Backend
+from ..backends.base import Backend, WaitsForRelease
+from ..backends.wakeups import Wakeups
 from ..core.cookies import IdSigner
 from ..core.errors import ReadOnlySessionError
 from ..core.hooks import SessionHooks
+from ..core.locking import woken_wait
 from ..core.ops import Queue
 from ..core.policy import Outcome, RequestFacts, SessionCore
 from ..core.route import Route
 from ..core.session import Session
 from ._run_sync import SyncRunner
 from .common import log_failed_renewal
+from .waiting import log_failed_wait
 
 __all__ = ["SyncDriver", "SyncRequest"]
 
@@ -33,34 +42,36 @@ class SyncDriver(SyncRunner):
         super().__init__(lock_expire)
         self.backend = backend
         self._mutex = threading.Lock()
-        self._events: dict[str, threading.Event] = {}
+        #: The backend's wake-up on a release in any process, if it has one.
+        self._wait_released = backend.wait_released if isinstance(backend, WaitsForRelease) else None
+        #: This process's waiters that wait on a ticket, woken by a release here.
+        self._wakeups = Wakeups()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopped = False
 
     def _sleep(self, sid: str, delay: float) -> float:
-        with self._mutex:
-            event = self._events.get(sid)
-            if event is None:
-                event = self._events[sid] = threading.Event()
-        event.wait(delay)
+        wait = self._wait_released
+        if wait is not None:
+            try:
+                wait(sid, woken_wait(delay))
+                return time.monotonic()
+            except Exception as exc:
+                log_failed_wait(exc)  # then wait as if the backend could not wake us
+        with self._wakeups.ticket(sid) as ticket:
+            ticket.wait(delay)
         return time.monotonic()
 
     def _queue(self, op: Queue) -> bool | None:
         with self._mutex:
             answer = super()._queue(op)
             if op.sid not in self._waiters:
-                self._events.pop(op.sid, None)
+                self._wakeups.forget(op.sid)
             return answer
 
     def _wake(self, sid: str) -> None:
-        if sid in self._events:
-            with self._mutex:
-                event = self._events.pop(sid, None)
-                if event is not None and sid in self._waiters:
-                    self._events[sid] = threading.Event()
-            if event is not None:
-                event.set()
+        # One waiter per release; one between its failed try and its wait finds the wake-up kept.
+        self._wakeups.wake(sid, keep=sid in self._waiters)
 
     def _hold(self, sid: str, token: str) -> None:
         with self._cond:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple, ParamSpec, TypeVar
 
 from ...core.errors import BackendUnavailable, ConfigError
-from ..base import AdminBackend, Backend, Record, Touch, WaitsForFailover
+from ..base import AdminBackend, AwaitsRelease, Backend, Record, Touch, WaitsForFailover, WaitsForRelease
 
 __all__ = ["MAX_TRACKED", "REFILL_TTL_MARGIN", "WRITE_WINDOW", "TieredBackend"]
 
@@ -126,6 +126,11 @@ class TieredBackend:
         self._fast_outage = _Outage(f"fast tier {fast.name}")
         self._durable_outage = _Outage(f"durable tier {durable.name}")
         self._degraded_note = f"serving sessions from the durable tier {durable.name} alone until it answers"
+        # The fast tier holds the locks: a waiter is woken by its releases, where it can wake one.
+        if isinstance(fast, WaitsForRelease):
+            self.wait_released = fast.wait_released
+        if isinstance(fast, AwaitsRelease):
+            self.await_released = fast.await_released
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
