@@ -33,7 +33,7 @@ from ...core.errors import BackendUnavailable
 from ..base import Record, Touch
 from . import ops
 from ._async_runners import Client, Connections, Pooled, connect
-from ._loop import Watch, close_elsewhere, close_soon, running_loop, watch_loop_end  # unasync: remove
+from ._loop import Watch, close_elsewhere, close_soon, running_loop, spawn, watch_loop_end  # unasync: remove
 from .client import ERRORS, NoScriptError, RedisBase
 from .config import ClientConfig
 from .failover import FAILOVER_ERRORS, Attempt, Failover, UntilDeadline, is_failover
@@ -68,6 +68,7 @@ class AsyncRedisBackend:
         self.failover_wait = config.failover_wait
         self._loop: asyncio.AbstractEventLoop | None = None  # unasync: remove
         self._loop_watch: Watch | None = None  # unasync: remove
+        self._tasks: set[asyncio.Task[None]] = set()  # unasync: remove
 
     def _connect(self) -> tuple[Client, list[Any]]:
         self._loop = running_loop()  # unasync: remove
@@ -325,6 +326,27 @@ class AsyncRedisBackend:
         then = await self._run(ops.delete(self._base.keys, sid))
         if then:
             await self._run_all(then)
+
+    async def await_released(self, sid: str, timeout: float) -> None:
+        """Return when ``sid``'s lock is released (in any process), at once if it is free, or after ``timeout`` s.
+
+        One round trip: the waiter is counted and blocks in BLPOP until a release script pushes it a
+        wake-up (scripts.py); a second one only when the BLPOP timed out, to uncount it. The wait is
+        kept within half the socket timeout, so its read never times out. A failover is not waited
+        out here: the error goes to the driver, which polls instead, and the lock's next try waits it out.
+        """
+        keys = self._base.keys
+        if self._timeout is not None:
+            timeout = min(timeout, self._timeout / 2)
+        batch = ops.wait_released(keys, sid, timeout)
+        try:  # unasync: unwrap
+            woken = batch.parse(await self._send(batch.commands, None))
+        except asyncio.CancelledError:  # unasync: remove
+            # The reply may have been a wake-up, now lost with the connection: pass one on if the lock is free.
+            spawn(self._tasks, self._send((ops.pass_on(keys, sid).command,), None))
+            raise
+        if not woken:
+            await self._send((ops.leave(keys, sid).command,), None)
 
     async def aclose(self) -> None:
         """Close the clients and connections (on asyncio: on the loop that opened them); a later call opens new ones."""

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - redis-py installs async-timeout on these versions
     from async_timeout import timeout as deadline
 
-__all__ = ["Watch", "close_elsewhere", "close_soon", "deadline", "running_loop", "watch_loop_end"]
+__all__ = ["Watch", "close_elsewhere", "close_soon", "deadline", "running_loop", "spawn", "watch_loop_end"]
 
 #: A loop's watch: an async generator parked at its ``yield`` until the loop shuts down.
 Watch = AsyncGenerator[None, None]
@@ -79,3 +79,19 @@ async def close_elsewhere(owner: asyncio.AbstractEventLoop | None, closing: list
         for client in closing:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.aclose(), owner))
     return True
+
+
+def spawn(tasks: set[asyncio.Task[None]], work: Awaitable[Any]) -> None:
+    """Run ``work`` in a task of its own, kept in ``tasks`` until done; what it raises is dropped.
+
+    For a command that must outlive a cancelled request (passing a wake-up on); losing it costs a
+    waiter one poll, so an error is not worth a log line per request.
+    """
+
+    async def run() -> None:
+        with contextlib.suppress(Exception):
+            await work
+
+    task = asyncio.get_running_loop().create_task(run())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

@@ -305,6 +305,22 @@ class RedisBackend:
         if then:
             self._run_all(then)
 
+    def wait_released(self, sid: str, timeout: float) -> None:
+        """Return when ``sid``'s lock is released (in any process), at once if it is free, or after ``timeout`` s.
+
+        One round trip: the waiter is counted and blocks in BLPOP until a release script pushes it a
+        wake-up (scripts.py); a second one only when the BLPOP timed out, to uncount it. The wait is
+        kept within half the socket timeout, so its read never times out. A failover is not waited
+        out here: the error goes to the driver, which polls instead, and the lock's next try waits it out.
+        """
+        keys = self._base.keys
+        if self._timeout is not None:
+            timeout = min(timeout, self._timeout / 2)
+        batch = ops.wait_released(keys, sid, timeout)
+        woken = batch.parse(self._send(batch.commands, None))
+        if not woken:
+            self._send((ops.leave(keys, sid).command,), None)
+
     def close(self) -> None:
         """Close the clients and connections (on asyncio: on the loop that opened them); a later call opens new ones."""
         self._runner = None

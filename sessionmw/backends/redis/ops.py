@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from ..base import Record, Touch
-from .keys import LOCK_SUFFIX_BYTES, Keys
+from .keys import LOCK_SUFFIX_BYTES, WAITERS_SUFFIX_BYTES, WAKEUPS_SUFFIX_BYTES, Keys
 from .records import DUMPS, decode, encode, head_user, touch_args
 from .scripts import (
     DELETE,
@@ -25,12 +25,16 @@ from .scripts import (
     EXTEND_SHA,
     GC,
     GC_SHA,
+    LEAVE,
+    PASS_ON,
     RELEASE,
     RELEASE_SHA,
     SAVE,
     SAVE_SHA,
     TOUCH,
     TOUCH_SHA,
+    WAIT,
+    WAKEUPS_TTL_MS,
 )
 from .wire import Arg, flag, ms, nothing, strings
 
@@ -49,14 +53,17 @@ __all__ = [
     "index_remove",
     "load",
     "lock_and_load",
+    "leave",
     "lock_and_load_again",
     "members",
+    "pass_on",
     "pick_user_sessions",
     "ping",
     "reindex",
     "release",
     "save",
     "touch",
+    "wait_released",
 ]
 
 T = TypeVar("T")
@@ -95,6 +102,8 @@ _NONE: FollowUps = ()
 # lock key is the data key's bytes plus LOCK_SUFFIX_BYTES: keys.lock(sid), without a second call.
 _ONE = b"1"
 _TWO = b"2"
+_THREE = b"3"
+_FOUR = b"4"
 _NULL = b"null"
 _NO_TTL = b"-"
 
@@ -187,18 +196,52 @@ def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) ->
 
     user = _NULL if record.user_id is None else DUMPS(record.user_id).encode()
     px = _NO_TTL if ttl is None else b"%d" % ms(ttl)
-    command = ("EVALSHA", SAVE_SHA, _TWO, data, lock, px, token.encode(), user, encode(record))
+    waiters, wakeups = data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES
+    command = ("EVALSHA", SAVE_SHA, _FOUR, data, lock, waiters, wakeups, px, token.encode(), user, encode(record))
     return Op(command, SAVE, parse)
 
 
 def release(keys: Keys, sid: str, token: str, touch: Touch | None) -> Op[bool]:
-    """Delete the lock if the token holds it, applying the touch too."""
+    """Delete the lock if the token holds it (waking one waiter), applying the touch too."""
     data = keys.data(sid).encode()
     lock = data + LOCK_SUFFIX_BYTES
-    command: tuple[Arg, ...] = ("EVALSHA", RELEASE_SHA, _TWO, data, lock, token)
+    waiters, wakeups = data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES
+    command: tuple[Arg, ...] = ("EVALSHA", RELEASE_SHA, _FOUR, data, lock, waiters, wakeups, token)
     if touch is not None:
         command += tuple(touch_args(touch))
     return Op(command, RELEASE, flag)
+
+
+def wait_released(keys: Keys, sid: str, timeout: float) -> Batch[bool]:
+    """Count this waiter while the lock is held (:data:`~.scripts.WAIT`), then BLPOP a wake-up for ``timeout`` s.
+
+    One round trip; reads as whether a wake-up came (``False``: the BLPOP timed out, and the waiter
+    must :func:`leave`). ``timeout`` is rounded to whole milliseconds, at least one: BLPOP's 0 blocks
+    for ever.
+    """
+    data = keys.data(sid).encode()
+    wakeups = data + WAKEUPS_SUFFIX_BYTES
+    ttl = b"%d" % (WAKEUPS_TTL_MS + ms(timeout))
+    count = ("EVAL", WAIT, _THREE, data + LOCK_SUFFIX_BYTES, data + WAITERS_SUFFIX_BYTES, wakeups, ttl)
+    block = ("BLPOP", wakeups, b"%.3f" % (ms(timeout) / 1000))
+
+    def parse(replies: list[Any]) -> bool:
+        return replies[1] is not None
+
+    return Batch((count, block), parse)
+
+
+def leave(keys: Keys, sid: str) -> Op[bool]:
+    """After a BLPOP that timed out: take a wake-up pushed since (reads ``True``), or uncount this waiter."""
+    data = keys.data(sid).encode()
+    return Op(("EVAL", LEAVE, _TWO, data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES), None, flag)
+
+
+def pass_on(keys: Keys, sid: str) -> Op[None]:
+    """For a waiter cancelled in its BLPOP: wake the next waiter if the lock is free (it may have taken the wake-up)."""
+    data = keys.data(sid).encode()
+    lock, waiters, wakeups = data + LOCK_SUFFIX_BYTES, data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES
+    return Op(("EVAL", PASS_ON, _THREE, lock, waiters, wakeups), None, nothing)
 
 
 def touch(keys: Keys, sid: str, t: Touch) -> Op[None]:

@@ -3,6 +3,16 @@
 Rules of this module: no I/O. A script runs by EVALSHA; on NOSCRIPT (a new or flushed server) the
 backend loads its source and runs it once more. Key names come from :class:`.keys.Keys`.
 
+Waking a waiter, across processes: a waiter counts itself in ``p{sid}:waiters`` (:data:`WAIT`), then
+blocks in ``BLPOP p{sid}:wakeups``, in the same round trip. A release (:data:`RELEASE`, :data:`SAVE`)
+that finds waiters counted takes one off the count and pushes one element: one waiter wakes, in
+whichever process, and tries the lock; the others stay counted for the next release. A release with
+nobody waiting reads one missing key inside its script, and pays nothing else. So that a release is
+never missed: the waiter counts itself only if the lock is still held, in the same script, and if it
+is free pushes the element itself; one whose BLPOP timed out uncounts itself (:data:`LEAVE`), or
+takes the element a release pushed meanwhile. Both keys expire by themselves (a waiter that died
+leaves a count behind: the next release wakes nobody with it, harmlessly).
+
 The scripts read a record's metadata line as text, never through cjson: they split the JSON array
 that Python's json.dumps wrote (no spaces, so only a string element can hold a ',' or ']') into its
 elements' texts and compare or replace those, so every element they do not replace keeps its exact
@@ -20,6 +30,8 @@ __all__ = [
     "EXTEND_SHA",
     "GC",
     "GC_SHA",
+    "LEAVE",
+    "PASS_ON",
     "RELEASE",
     "RELEASE_SHA",
     "SAVE",
@@ -28,7 +40,12 @@ __all__ = [
     "SHAS",
     "TOUCH",
     "TOUCH_SHA",
+    "WAIT",
+    "WAKEUPS_TTL_MS",
 ]
+
+#: Milliseconds the keys of waiting live after their last use (the waiters' count, the list of wake-ups).
+WAKEUPS_TTL_MS = 60_000
 
 # fields(value, n): the texts of the first n elements of the JSON array at the start of value, and the
 # position of the ',' or ']' after the nth one; nil when value does not start with such an array.
@@ -93,6 +110,19 @@ end
 """
 )
 
+# wake(w, l): after a release, when waiters are counted in KEYS[w], take one off and push one wake-up
+# onto the list KEYS[l]: one waiter's BLPOP returns. Nobody counted: one read of a missing key.
+_WAKE_FN = f"""
+local function wake(w, l)
+  local n = tonumber(redis.call('GET', KEYS[w]))
+  if n and n > 0 then
+    redis.call('DECR', KEYS[w])
+    redis.call('LPUSH', KEYS[l], '1')
+    redis.call('PEXPIRE', KEYS[l], {WAKEUPS_TTL_MS})
+  end
+end
+"""
+
 # head(value): the JSON metadata line of a stored record (before its first newline), or '' if none.
 _HEAD_FN = r"""
 local function head(value)
@@ -102,19 +132,21 @@ local function head(value)
 end
 """
 
-# KEYS[1] data, KEYS[2] lock; ARGV[1] the TTL in ms ('-': none), ARGV[2] the token, ARGV[3] the record's
-# user id as its metadata line has it (JSON text), ARGV[4] the record.
+# KEYS[1] data, KEYS[2] lock, KEYS[3] waiters, KEYS[4] wake-ups; ARGV[1] the TTL in ms ('-': none),
+# ARGV[2] the token, ARGV[3] the record's user id as its metadata line has it (JSON text), ARGV[4] the record.
 # Returns 0 (and writes nothing) when another token holds the lock, or none does; but 2 when the record
 # stored is already this very record: a save sent again after its reply was lost (a failover) wrote it
 # the first time, and deleted the lock then (byte-equal records: the same data, times and version, so
 # a later writer's record never matches). Else deletes the lock and returns 0
 # when the session was deleted meanwhile (SET XX: an ended session is never resurrected), 1 when the
 # record was written over one of the same user, and the overwritten record's metadata line when the
-# user changed (the caller then moves the sid between index sets: another slot in Cluster).
+# user changed (the caller then moves the sid between index sets: another slot in Cluster). Deleting the
+# lock wakes one waiter (wake()).
 # The user id is the metadata line's third element, after two numbers that hold no comma: two plain
 # finds locate it, where parsing the JSON in Lua cost this hot script half its time.
 SAVE = (
     _HEAD_FN
+    + _WAKE_FN
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   if redis.call('GET', KEYS[1]) == ARGV[4] then return 2 end
@@ -127,6 +159,7 @@ else
   old = redis.call('SET', KEYS[1], ARGV[4], 'XX', 'GET', 'PX', ARGV[1])
 end
 redis.call('DEL', KEYS[2])
+wake(3, 4)
 if not old then return 0 end
 local a = string.find(old, ',', 1, true)
 local b = a and string.find(old, ',', a + 1, true)
@@ -167,13 +200,16 @@ return head(data)
 """
 )
 
-# KEYS[1] data, KEYS[2] lock; ARGV[1] token, ARGV[2..] an optional touch (see touch()).
-# Returns 1 when the token held the lock (deleted; the touch applied if the data still exists), else 0.
+# KEYS[1] data, KEYS[2] lock, KEYS[3] waiters, KEYS[4] wake-ups; ARGV[1] token, ARGV[2..] an optional
+# touch (see touch()). Returns 1 when the token held the lock (deleted, one waiter woken; the touch
+# applied if the data still exists), else 0.
 RELEASE = (
     _TOUCH_FN
+    + _WAKE_FN
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
+wake(3, 4)
 if #ARGV > 1 then touch(2) end
 return 1
 """
@@ -195,6 +231,41 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+# The scripts of waiting run by EVAL with their source, never EVALSHA: WAIT goes in one pipeline with
+# the BLPOP after it, which would block in vain behind a NOSCRIPT error. Only waiters run them.
+
+# KEYS[1] lock, KEYS[2] waiters, KEYS[3] wake-ups; ARGV[1] how long the keys live, in ms.
+# A waiter about to BLPOP KEYS[3]: counts itself in KEYS[2] while the lock is held; when it is free
+# (released since the waiter's try), pushes the wake-up a release would have. Returns 1 if counted.
+WAIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+  return 1
+end
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+return 0
+"""
+
+# KEYS[1] waiters, KEYS[2] wake-ups. A waiter whose BLPOP timed out: takes a wake-up pushed since (and
+# returns 1: woken after all), else takes itself off the count (returns 0).
+LEAVE = """
+if redis.call('LPOP', KEYS[2]) then return 1 end
+if (tonumber(redis.call('GET', KEYS[1])) or 0) > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] lock, KEYS[2] waiters, KEYS[3] wake-ups. A waiter cancelled in its BLPOP may have taken a
+# wake-up with it: when the lock is free, wake the next waiter as a release would. Returns nothing.
+PASS_ON = (
+    _WAKE_FN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then wake(2, 3) end
+return 0
+"""
+)
 
 #: Script name -> Lua source. Run by EVALSHA; on NOSCRIPT the backend loads the source and retries.
 SCRIPTS: dict[str, str] = {
