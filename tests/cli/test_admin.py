@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from sessionmw import SessionStore
+from sessionmw.core.handles import handle_of
 
 from ..apps import make_starlette_app
 from ..conftest import BACKENDS, REDIS_TOPOLOGIES, TIERED, backend_url_for
@@ -28,9 +29,10 @@ def backend_url(request: pytest.FixtureRequest, shared_tmp: Path) -> Any:
 
 
 def login(c: httpx2.Client, user: str) -> str:
+    """Sign in as ``user``; return the name the store keeps the session under (its handle, not its id)."""
     r = c.get(f"/login/{user}", headers={"user-agent": f"browser-of-{user}"})
     assert r.status_code == 200
-    return sid_of(c.cookies["session"])
+    return handle_of(sid_of(c.cookies["session"]))
 
 
 def test_list_sessions_with_metadata_and_by_user(backend_url: str, key_prefix: str) -> None:
