@@ -15,7 +15,10 @@ within each repetition so a busy neighbour slows them alike. The differences are
 request, so the script also measures the pieces themselves: ``handle_of`` per call and how many calls
 a request makes (counted), and the cipher's seal and open of the benchmark's session.
 
-    python benchmarks/bench_security.py [--requests 2000] [--repeat 7] [--redis-url URL] [--json FILE]
+With ``--instructions``, the CPU instructions of those pieces too, under valgrind's callgrind
+((Ir(N) - Ir(0)) / N), which the load of a shared machine cannot disturb.
+
+    python benchmarks/bench_security.py [--requests 2000] [--repeat 7] [--redis-url URL] [--instructions] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 import uuid
@@ -195,8 +201,8 @@ async def handle_calls(backend: str) -> dict[str, float]:
     return calls
 
 
-def pieces(repeat: int) -> dict[str, float]:
-    """Microseconds per call of ``handle_of`` and of the cipher's seal and open of a small session."""
+def piece_functions() -> tuple[dict[str, Callable[[], object]], int]:
+    """The pieces measured one call at a time, and the size of the benchmark's session in bytes."""
     from sessionmw.backends.base import Record
     from sessionmw.core.config import build_settings
     from sessionmw.core.cookies import new_session_id
@@ -211,16 +217,47 @@ def pieces(repeat: int) -> dict[str, float]:
     data = TaggedJSONSerializer().dumps({"n": 1, "user": "alice", "cart": list(range(20))})
     rec = Record(data=data, created=now, last_access=now, user_id="alice")
     sealed = at_rest.seal(rec, handle, now)
-
-    def per_call(fn: Callable[[], object], number: int) -> float:
-        return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
-
-    return {
-        "handle_of": per_call(lambda: handle_of(sid), 100_000),
-        "seal (encrypt)": per_call(lambda: at_rest.seal(rec, handle, now), 20_000),
-        "open (decrypt)": per_call(lambda: at_rest.open(sealed, handle), 20_000),
-        "session bytes": float(len(data)),
+    functions: dict[str, Callable[[], object]] = {
+        "handle_of": lambda: handle_of(sid),
+        "seal (encrypt)": lambda: at_rest.seal(rec, handle, now),
+        "open (decrypt)": lambda: at_rest.open(sealed, handle),
     }
+    return functions, len(data)
+
+
+def pieces(repeat: int) -> dict[str, float]:
+    """Microseconds per call of ``handle_of`` and of the cipher's seal and open of a small session."""
+    functions, size = piece_functions()
+    figures = {
+        name: min(timeit.repeat(fn, number=20_000, repeat=repeat)) / 20_000 * 1e6 for name, fn in functions.items()
+    }
+    figures["session bytes"] = float(size)
+    return figures
+
+
+def count_child(name: str, n: int) -> None:
+    """Child side of an instruction count: ``n`` calls of one piece (after one to warm up)."""
+    fn = piece_functions()[0][name]
+    fn()
+    for _ in range(n):
+        fn()
+
+
+def instructions(name: str, n: int = 2000) -> float:
+    """CPU instructions per call of one piece under callgrind: (Ir(n) - Ir(0)) / n."""
+
+    def ir(k: int) -> int:
+        with tempfile.NamedTemporaryFile(suffix=".callgrind") as out:
+            proc = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable,
+                 os.path.abspath(__file__), "--count-child", name, str(k)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+        m = re.search(r"Collected : (\d+)", proc.stderr)
+        assert m, proc.stderr[-2000:]
+        return int(m.group(1))
+
+    return (ir(n) - ir(0)) / n
 
 
 # -- servers and output ---------------------------------------------------------------------------
@@ -273,12 +310,18 @@ def table(results: dict[str, dict[str, dict[str, float]]], calls: dict[str, dict
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--count-child":
+        count_child(sys.argv[2], int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per timing (default 2000)")
     parser.add_argument("--repeat", type=int, default=7, help="timings per set-up; the fastest counts (default 7)")
     parser.add_argument("--redis-url", help="a Redis server to use instead of a private redis-server")
+    parser.add_argument("--instructions", action="store_true", help="also count the pieces' instructions (valgrind)")
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
 
     with redis_server(args.redis_url) as redis:
         backends = {"memory": f"memory://bench-{uuid.uuid4().hex[:6]}"}
@@ -289,6 +332,7 @@ def main() -> None:
         micro = {name: asyncio.run(timings(url, args.requests, args.repeat)) for name, url in backends.items()}
         calls = {name: asyncio.run(handle_calls(url)) for name, url in backends.items()}
     parts = pieces(args.repeat)
+    instr = {name: instructions(name) for name in piece_functions()[0]} if args.instructions else {}
 
     print(f"Python {sys.version.split()[0]}; µs per request, fastest of {args.repeat} × {args.requests} requests")
     print("(in brackets: the difference from ids in clear, which machine noise can exceed)")
@@ -297,6 +341,8 @@ def main() -> None:
         f"\nhandle_of: {parts['handle_of']:.2f} µs per call; AES-256-GCM of a {parts['session bytes']:.0f}-byte "
         f"session: seal {parts['seal (encrypt)']:.2f} µs, open {parts['open (decrypt)']:.2f} µs"
     )
+    if instr:
+        print("instructions per call (callgrind): " + ", ".join(f"{k} {v / 1000:.1f}k" for k, v in instr.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -307,6 +353,7 @@ def main() -> None:
                     "microseconds_per_request": micro,
                     "handle_of_calls_per_request": calls,
                     "microseconds_per_call": parts,
+                    "instructions_per_call": instr or None,
                 },
                 f,
                 indent=2,

@@ -64,7 +64,7 @@ def test_the_handle_is_sha256_of_a_domain_label_and_the_id() -> None:
     import base64
     import hashlib
 
-    digest = hashlib.sha256(b"sessionmw.handle.v1\x00" + SID.encode()).digest()
+    digest = hashlib.sha256(b"sessionmw:" + SID.encode()).digest()
     assert HANDLE == "h1." + base64.urlsafe_b64encode(digest).decode().rstrip("=")
     assert HANDLE != "h1." + base64.urlsafe_b64encode(hashlib.sha256(SID.encode()).digest()).decode().rstrip("=")
 
