@@ -175,10 +175,11 @@ def found_alive(dump: Dump, text: str) -> bool:
     """:func:`found`, leaving out what names a session that is gone, or going, under that name.
 
     Memcached's tombstones (the key of a deleted session, so a server coming back cannot revive it)
-    and Redis's counters of the requests waiting for a lock (an expiring key, left by requests that
-    waited for the raw id's lock while another moved the session).
+    and Redis's counter and list of the requests waiting for a lock (expiring keys, left by requests
+    that waited for the raw id's lock while another moved the session).
     """
-    return found([(k, v) for k, v in dump if v != TOMBSTONE and not k.endswith(b":waiters")], text)
+    waiting = (b":waiters", b":wakeups")
+    return found([(k, v) for k, v in dump if v != TOMBSTONE and not k.endswith(waiting)], text)
 
 
 def cookie_for(sid: str) -> str:
