@@ -161,12 +161,15 @@ def test_asgi_exclude_paths_and_static_files_never_load(tmp_path: Path) -> None:
         sid = IdSigner(["k"]).unsign(sid_cookie, None)
         assert sid is not None
         backend = sessionmw.backends.open_backend(mw.settings.backend, key_prefix=mw.settings.key_prefix)
-        assert backend.lock_and_load(sid, "outside", 30)[0]
+        from sessionmw.core.handles import handle_of
+
+        handle = handle_of(sid)
+        assert backend.lock_and_load(handle, "outside", 30)[0]
         assert c.get("/assets/x").text == "no session here"
         r = c.get("/static/a.txt")
         assert r.text == "static" and "set-cookie" not in r.headers
         assert c.get("/inc").status_code == 503
-        backend.release(sid, "outside", None)
+        backend.release(handle, "outside", None)
         assert calls == []
 
 

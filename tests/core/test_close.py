@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sessionmw.core.handles import handle_of
 from sessionmw.core.ops import Release, Save
 from sessionmw.core.route import READ_WRITE, Route
 from sessionmw.core.session import Session
@@ -205,7 +206,7 @@ def test_max_sessions_per_user_ends_the_oldest_others() -> None:
     s.bind_user("u")
     close(core, script, s)
     deleted = [op.sid for op in script.ops if type(op).__name__ == "Delete"]
-    assert deleted == ["older", SID]
+    assert deleted == ["older", handle_of(SID)]
 
 
 def test_abort_releases_without_writing_and_freezes() -> None:

@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from sessionmw import SessionMiddleware
 from sessionmw.backends import open_backend
 from sessionmw.core.cookies import IdSigner
+from sessionmw.core.handles import handle_of
 from sessionmw.core.locking import new_lock_token
 
 from ..apps import STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
@@ -130,12 +131,12 @@ def test_untouched_session_sets_no_cookie_and_writes_nothing(adapter: str, backe
         c.get("/inc")
         sid = sid_of(c.cookies["session"])
         backend = open_backend(backend_url, key_prefix=key_prefix)
-        before = backend.load(sid)
+        before = backend.load(handle_of(sid))
         r = c.get("/none")
         assert "set-cookie" not in r.headers
         r = c.get("/view")
         assert "set-cookie" not in r.headers and "Cookie" in r.headers["vary"]
-        assert backend.load(sid) == before
+        assert backend.load(handle_of(sid)) == before
         backend.close()
 
 
@@ -198,7 +199,7 @@ def test_regenerate_keeps_data_under_a_new_id(adapter: str, backend_url: str, ke
         assert r.json()["session"] == {"n": 1}
         assert c.get("/view").json()["session"] == {"n": 1}
         backend = open_backend(backend_url, key_prefix=key_prefix)
-        assert backend.load(sid_of(old_cookie)) is None, "the old id must be destroyed"
+        assert backend.load(handle_of(sid_of(old_cookie))) is None, "the old id must be destroyed"
         backend.close()
         put_cookie(c, old_cookie)
         assert c.get("/view").json()["session"] == {}
@@ -214,7 +215,7 @@ def test_invalidate_destroys_and_expires_the_cookie(adapter: str, backend_url: s
         header = set_cookie(r)
         assert re.search(r"(?i)expires=Thu, 01 Jan 1970 00:00:00 GMT|max-age=0", header), header
         backend = open_backend(backend_url, key_prefix=key_prefix)
-        assert backend.load(sid) is None
+        assert backend.load(handle_of(sid)) is None
         backend.close()
         put_cookie(c, old_cookie)
         assert c.get("/view").json()["session"] == {}
@@ -231,7 +232,7 @@ def test_bind_user_regenerates_and_records_the_user(adapter: str, backend_url: s
         assert after != before
         assert c.get("/view").json()["user"] == "alice"
         backend = open_backend(backend_url, key_prefix=key_prefix)
-        record = backend.load(after)
+        record = backend.load(handle_of(after))
         backend.close()
         assert record is not None and record.user_id == "alice"
 
@@ -341,7 +342,7 @@ def test_a_dead_holders_lock_is_broken_after_lock_expire(adapter: str, backend_u
         c.get("/inc")
         sid = sid_of(c.cookies["session"])
         dead = open_backend(backend_url, key_prefix=key_prefix)
-        assert dead.lock_and_load(sid, new_lock_token(), 1.0)[0]  # a holder that will never release
+        assert dead.lock_and_load(handle_of(sid), new_lock_token(), 1.0)[0]  # a holder that will never release
         started = time.monotonic()
         assert c.get("/inc").json() == {"n": 2}
         waited = time.monotonic() - started
