@@ -41,8 +41,7 @@ from ..backends.base import Record
 from .config import Settings
 from .cookies import IdSigner, format_delete_cookie, format_set_cookie, new_session_id
 from .envelope import AtRest, is_forward
-from .errors import BackendUnavailable
-from .events import emit
+from .events import emit, tell_unavailable
 from .handles import handle_of
 from .lifetime import Lifetime
 from .limits import near_limit_message, too_large, warn_size
@@ -98,8 +97,10 @@ class Closing:
         on_modified: bool = False,
         refresh: bool = False,
         signer: IdSigner | None = None,
-    ) -> Generator[Op, object, Outcome]:
-        """Write ``s`` back and release its lock, as the module's case table says; return the outcome.
+    ) -> Generator[Op, object, Outcome]:  # not a generator itself: no extra layer when nobody listens
+        """Return the flow writing ``s`` back and releasing its lock, as the module's case table says.
+
+        The flow returns the :class:`Outcome`.
 
         :param on_modified: send the cookie whenever the session was modified (Flask's rule).
         :param refresh: send the cookie of a kept session on every request (Flask's permanent
@@ -110,13 +111,14 @@ class Closing:
         """
         flow = self._close(s, now=now, req=req, on_modified=on_modified, refresh=refresh, signer=signer)
         if not self.listening:
-            return (yield from flow)
-        try:
-            return (yield from flow)
-        except BackendUnavailable:
-            sid = s._state.stored_id or s._state.id
-            yield emit("backend_unavailable", req.path, None if sid is None else handle_of(sid), s._state.user_id)
-            raise
+            return flow
+        st = s._state
+
+        def handle() -> str | None:
+            sid = st.stored_id or st.id
+            return st.handle or (None if sid is None else handle_of(sid))
+
+        return tell_unavailable(flow, req.path, handle, lambda: st.user_id)
 
     def _close(
         self,
@@ -276,6 +278,8 @@ class Closing:
         st.record = sealed
         if self.listening:
             yield emit("rotated", req.path, handle, st.user_id)
+            # The old id is no longer the session's: it only forwards, for rotate_grace, then is stale.
+            yield emit("terminated", req.path, key, st.user_id, "rotated")
         return CookieAction("set", signer.sign(new_id))
 
     def _close_new_id(

@@ -14,13 +14,16 @@ request joins (+1) or leaves (-1) the queue for a lock.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from .ops import Emit
+from .errors import BackendUnavailable
+from .ops import Emit, Op
 
-__all__ = ["EVENT_KINDS", "EventKind", "Listeners", "SessionEvent", "emit"]
+__all__ = ["EVENT_KINDS", "EventKind", "Listeners", "SessionEvent", "emit", "tell_unavailable"]
+
+R = TypeVar("R")
 
 EventKind = Literal[
     "created",
@@ -104,3 +107,17 @@ def emit(
 ) -> Emit:
     """Return the operation handing one event to the listeners (``path`` ``""`` means unknown)."""
     return Emit(SessionEvent(kind, handle, user_id, path or None, reason, seconds))
+
+
+def tell_unavailable(
+    flow: Generator[Op, object, R],
+    path: str,
+    handle: Callable[[], str | None],
+    user_id: Callable[[], str | int | None],
+) -> Generator[Op, object, R]:
+    """Run ``flow``; when the backend is down, emit ``backend_unavailable`` before the error goes on."""
+    try:
+        return (yield from flow)
+    except BackendUnavailable:
+        yield emit("backend_unavailable", path, handle(), user_id())
+        raise

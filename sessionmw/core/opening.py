@@ -14,8 +14,8 @@ from ..backends.base import Record
 from .config import Settings
 from .cookies import new_session_id
 from .envelope import AtRest
-from .errors import BackendUnavailable, SessionLockTimeout, TooManyWaiters
-from .events import emit
+from .errors import SessionLockTimeout, TooManyWaiters
+from .events import emit, tell_unavailable
 from .handles import handle_of
 from .lifetime import Lifetime
 from .locking import new_lock_token, wait_delays
@@ -52,8 +52,8 @@ class Opening:
         mono: float,
         req: RequestFacts = NO_REQUEST,
         decode_later: bool = False,
-    ) -> Generator[Op, object, None]:
-        """Load the cookie's session into ``s`` (taking its lock when ``lock``), or leave ``s`` new.
+    ) -> Generator[Op, object, None]:  # not a generator itself: no extra layer when nobody listens
+        """Return the flow loading the cookie's session into ``s`` (locked when ``lock``), or leaving it new.
 
         ``lock=None`` takes the lock unless the route is read-only.
 
@@ -65,13 +65,9 @@ class Opening:
         """
         flow = self._open(s, lock=lock, now=now, mono=mono, req=req, decode_later=decode_later)
         if not self.listening:
-            return (yield from flow)
-        try:
-            return (yield from flow)
-        except BackendUnavailable:
-            sid = s._state.cookie_sid
-            yield emit("backend_unavailable", req.path, None if sid is None else handle_of(sid))
-            raise
+            return flow
+        sid = s._state.cookie_sid
+        return tell_unavailable(flow, req.path, lambda: None if sid is None else handle_of(sid), lambda: None)
 
     def _open(
         self,

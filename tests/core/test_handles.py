@@ -371,7 +371,9 @@ def test_an_old_session_gets_a_new_id_and_its_old_id_forwards_for_the_grace() ->
     assert script.ops[1].sid == handle_of(new) and script.ops[2].sid == HANDLE
     assert is_forward(store[HANDLE]) and store[HANDLE].expires == NOW + 5
     assert store[handle_of(new)].created == NOW - 100, "the absolute lifetime does not restart"
-    assert script.kinds()[-1] == "rotated" and script.events[-1].handle == handle_of(new)
+    assert script.kinds()[-2:] == ["rotated", "terminated"]
+    assert script.events[-2].handle == handle_of(new)
+    assert (script.events[-1].handle, script.events[-1].reason) == (HANDLE, "rotated"), "the old id ends"
 
     # Within the grace, the old cookie leads to the new session and gets its cookie.
     t = core.new_session(READ_WRITE, (SID, NOW), None)
