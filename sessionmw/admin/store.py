@@ -13,6 +13,7 @@ from typing import Any
 
 from ..backends import Backend, SessionInfo, TieredSpec, open_backend
 from ..backends.base import AdminBackend, Record
+from ..core.envelope import is_forward
 from ..core.errors import ConfigError
 from ..core.events import Listeners, SessionEvent
 from ..drivers.emit import emit_sync
@@ -21,6 +22,11 @@ __all__ = ["SessionStore"]
 
 #: Seconds added to a migrated session's remaining lifetime for its TTL in the new backend.
 MIGRATE_TTL_MARGIN = 120.0
+
+
+def _live(rec: Record, now: float) -> bool:
+    """A session, not expired, and not the forward a rotated id leaves for its grace."""
+    return (rec.expires is None or rec.expires >= now) and not is_forward(rec)
 
 
 def _info(sid: str, rec: Record) -> SessionInfo:
@@ -87,7 +93,7 @@ class SessionStore:
         """Return every live session (or ``user_id``'s), oldest first; never their data."""
         found = self.admin.iter_records() if user_id is None else self.admin.user_sessions(user_id)
         now = time.time()
-        infos = [_info(sid, rec) for sid, rec in found if rec.expires is None or rec.expires >= now]
+        infos = [_info(sid, rec) for sid, rec in found if _live(rec, now)]
         infos.sort(key=lambda i: (i.created, i.sid))
         return infos
 
@@ -135,7 +141,7 @@ class SessionStore:
         oldest = 0.0
         now = time.time()
         for _, rec in self.admin.iter_records():
-            if rec.expires is not None and rec.expires < now:
+            if not _live(rec, now):
                 continue
             sessions += 1
             if rec.user_id is not None:
@@ -178,4 +184,4 @@ class SessionStore:
 
     def count(self) -> int:
         """Return how many sessions :meth:`migrate` or :meth:`terminate_all` would visit."""
-        return sum(1 for _ in self.admin.iter_records())
+        return sum(1 for _, rec in self.admin.iter_records() if not is_forward(rec))

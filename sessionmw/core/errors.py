@@ -109,7 +109,7 @@ class SessionUnavailable(SessionError):
 class SessionLockTimeout(SessionUnavailable):
     """The session's lock was not obtained within ``lock_timeout`` seconds.
 
-    :param sid_hint: the first characters of the session id (never the whole id: it is a secret).
+    :param sid_hint: the first characters of the session's handle (``Session.handle``), for logs.
     :param timeout: the ``lock_timeout`` that ran out.
     """
 
