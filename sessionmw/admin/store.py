@@ -171,6 +171,8 @@ class SessionStore:
         now = time.time()
         try:
             for sid, rec in self.admin.iter_records():
+                if is_forward(rec):
+                    continue  # a rotated id's forward, for its grace: not a session to carry over
                 if rec.expires is None or rec.expires >= now:
                     ttl = None if rec.expires is None else max(1.0, rec.expires - now) + MIGRATE_TTL_MARGIN
                     if target.create(sid, rec, ttl):
