@@ -381,18 +381,25 @@ def test_redis_sentinel_and_cluster_wake_a_waiter(kind: str, request: pytest.Fix
     backend.close()
 
 
+@pytest.fixture
+def private_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL URL with a table of the test's own, dropped (with its trigger) afterwards."""
+    url = _slow_socket(postgres_url)
+    yield url
+    _drop_table(url)
+
+
 @pytest.mark.service("postgresql")
-def test_postgresql_notifies_only_a_release_someone_waits_for(postgres_url: str) -> None:
+def test_postgresql_notifies_only_a_release_someone_waits_for(private_postgres_url: str) -> None:
     import psycopg
     import sqlalchemy as sa
 
     from sessionmw.backends.sql.notify import channel_of
 
-    url = _slow_socket(postgres_url)
-    backend: Any = open_backend(url, key_prefix=f"h{uuid.uuid4().hex[:8]}:")
+    backend: Any = open_backend(private_postgres_url, key_prefix=f"h{uuid.uuid4().hex[:8]}:")
     now = time.time()
     assert backend.create("s", Record(b"{}", now, now), 60)  # a lock lives in the session's row
-    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    dsn = private_postgres_url.split("?")[0].replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute(f'LISTEN "{channel_of(backend.table.name)}"')
         assert backend.lock_and_load("s", "t", 10)[0]
@@ -415,4 +422,3 @@ def test_postgresql_notifies_only_a_release_someone_waits_for(postgres_url: str)
         assert backend.release("s", "t3", None)
         assert list(listener.notifies(timeout=0.3)) == [], "uncounted: no NOTIFY"
     backend.close()
-    _drop_table(url)
