@@ -6,8 +6,9 @@ twice in one run: ``poll``, the backend's wake-up hidden from the driver (a wait
 polls with the core's back-off, 1 ms growing to 50 ms; one in the same process is woken by the
 driver), and ``notify``, the backend's wake-up in use (Redis: a blocking pop on a list the release
 script pushes to; PostgreSQL: LISTEN/NOTIFY; file: a blocking flock in a watcher thread; memory: the
-store's own queue of waiters). For memory, the two "processes" are two middlewares in one process
-(one store, two drivers).
+store's own queue of waiters). SQLite, MariaDB and memcached wake no waiter of another process: one
+row each, polling. For memory, the two "processes" are two middlewares in one process (one store,
+two drivers).
 
 For each hand-off it measures release-to-next-start: from the return of the releasing request's save
 (or release) call, the lock being free then, to the return of the next request's lock-and-load call
@@ -288,6 +289,15 @@ def measure(kind: str, url: str, notify: bool, requests: int, work: float) -> di
     }
 
 
+def wakes(url: str) -> bool:
+    """Tell whether the backend of ``url`` wakes waiters itself (else its one row is polling)."""
+    backend = open_backend(url, key_prefix="bench-probe:")
+    try:
+        return isinstance(backend, WaitsForRelease)
+    finally:
+        backend.close()
+
+
 def _p99(values: list[float]) -> float:
     return values[min(len(values) - 1, int(len(values) * 0.99))]
 
@@ -340,7 +350,7 @@ def main() -> None:
             if url is None:
                 print(f"{kind:12} {'-':7} (no server)")
                 continue
-            for notify in (False, True):
+            for notify in (False, True) if wakes(url) else (False,):
                 try:
                     row = measure(kind, url, notify, args.requests, work)
                 except Exception as exc:  # a store this machine cannot run: say so, go on
