@@ -82,6 +82,7 @@ SUBS: list[tuple[str, str]] = [
     ("aiter_records", "iter_records"),
     ("agc", "gc"),
     ("astats", "stats"),
+    ("await_released", "wait_released"),
     # the drivers' loop: the runner, the backend protocol, and the operation's async entry point
     ("AsyncRunner", "SyncRunner"),
     ("AsyncBackend", "Backend"),

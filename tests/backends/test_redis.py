@@ -252,15 +252,16 @@ def test_data_and_lock_share_a_cluster_slot() -> None:
 def test_ops_name_the_keys_of_keys() -> None:
     keys, sid, t = Keys("p:"), "abc", Touch(1.0, None, None, None)
     two = (keys.data(sid).encode(), keys.lock(sid).encode())
+    four = (*two, keys.waiters(sid).encode(), keys.wakeups(sid).encode())
     for op in (ops.save(keys, sid, rec(), "t", 1), ops.release(keys, sid, "t", t)):
         assert op.command[0] == "EVALSHA" and op.script is not None
         assert op.command[1] == hashlib.sha1(op.script.encode()).hexdigest().encode()
-        assert op.command[2:5] == (b"2", *two)
+        assert op.command[2:7] == (b"4", *four), "a release wakes a waiter: the keys of waiting go along"
     lock, get = ops.lock_and_load(keys, sid, "t k", 1.5).commands
     assert lock == ("SET", two[1], b"t k", b"NX", b"PX", 1500) and get == ("GET", two[0])
-    assert ops.save(keys, sid, rec(), "t", 2).command[5:8] == (b"2000", b"t", b"null")
-    assert ops.save(keys, sid, rec(), "t", None).command[5] == b"-"
-    assert ops.save(keys, sid, rec(user_id='a,"b'), "t", None).command[7] == b'"a,\\"b"', "the user id as JSON text"
+    assert ops.save(keys, sid, rec(), "t", 2).command[7:10] == (b"2000", b"t", b"null")
+    assert ops.save(keys, sid, rec(), "t", None).command[7] == b"-"
+    assert ops.save(keys, sid, rec(user_id='a,"b'), "t", None).command[9] == b'"a,\\"b"', "the user id as JSON text"
     assert ops.touch(keys, sid, t).command[2:4] == (b"1", keys.data(sid))
     assert ops.extend(keys, sid, "t", 1).command[2:4] == (b"1", keys.lock(sid))
     assert ops.load(keys, sid).command == ("GET", keys.data(sid))
