@@ -4,7 +4,9 @@ Flask opens the session before it matches the URL, so ``open_session`` does no I
 lazy session; the first access loads it, when ``request.endpoint`` (and so ``@read_only``) is known.
 ``save_session`` writes back, releases the lock and sets the cookie with Flask's own
 ``response.set_cookie``; ``teardown_request`` releases the lock when an exception skipped
-``save_session``. Cookie settings are read from ``app.config`` per request, as Flask does.
+``save_session``. Cookie settings are read from ``app.config`` per request, as Flask does. At
+teardown, after the response was made, a background gc may start (``SESSION_GC_INTERVAL``,
+:mod:`sessionmw.drivers.sweeper`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core.policy import RequestInfo, SessionCore
 from ..core.readonly import is_read_only
 from ..core.route import EXCLUDED, READ_WRITE, Route
 from ..core.session import Session
+from ..drivers.sweeper import SyncSweeper
 from ..drivers.sync import SyncDriver, SyncRequest
 from .common import backend_spec, bound_failover_wait
 
@@ -77,6 +80,7 @@ class _State:
         self.core = core
         self.driver = driver
         self.backend = backend
+        self.sweeper = SyncSweeper(backend, core.settings.gc_interval)
         self._signers: dict[tuple[str, ...], IdSigner] = {}
 
     def signer(self, app: Flask) -> IdSigner:
@@ -222,13 +226,16 @@ class FlaskSession:
 
 
 def _release_on_teardown(exc: BaseException | None) -> None:
-    from flask import request
+    from flask import current_app, request
 
     session = request.environ.get(_ENVIRON_KEY)
     handle = hooks_of(session) if isinstance(session, Session) else None
     if isinstance(handle, SyncRequest):
         assert isinstance(session, Session)
         handle.abort(session)
+    state = current_app.extensions.get("sessionmw")
+    if isinstance(state, _State):
+        state.sweeper.poke()  # the response is made: a due gc starts in the background
 
 
 def _unavailable(exc: SessionUnavailable) -> Response:

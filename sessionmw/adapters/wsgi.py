@@ -3,7 +3,8 @@
 It only translates between WSGI and the core: the session loads on first access (a request that
 never touches it costs no backend call), is written back and unlocked when the app calls
 ``start_response``, and is unlocked in the response iterable's ``close()`` if the app failed
-(Werkzeug's ``ClosingIterator`` shape). It imports no Starlette and no event loop.
+(Werkzeug's ``ClosingIterator`` shape). After the response, a background gc may start
+(``gc_interval``, :mod:`sessionmw.drivers.sweeper`). It imports no Starlette and no event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..core.config import build_settings
 from ..core.errors import SessionUnavailable
 from ..core.policy import RequestInfo, SessionCore
 from ..core.session import Session
+from ..drivers.sweeper import SyncSweeper
 from ..drivers.sync import SyncDriver, SyncRequest
 from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, unavailable_body
 
@@ -55,6 +57,7 @@ class WSGISessionMiddleware:
         bound_failover_wait(self.backend, self.settings)
         self.driver = SyncDriver(self.backend, self.settings.lock_expire)
         self.driver.listeners = self.core.listeners
+        self.sweeper = SyncSweeper(self.backend, self.settings.gc_interval)
         self.error_response: ErrorResponse = error_response or unavailable_body
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
@@ -87,7 +90,7 @@ class WSGISessionMiddleware:
         except BaseException:
             handle.abort(session)
             raise
-        return _Closing(result, handle, session)
+        return _Closing(result, handle, session, self.sweeper)
 
     def _unavailable(self, exc: SessionUnavailable, start_response: StartResponse) -> list[bytes]:
         status, headers, body = self.error_response(exc)
@@ -96,18 +99,20 @@ class WSGISessionMiddleware:
         return [body]
 
     def close(self) -> None:
-        """Stop the lock renewer and close the backend's connections."""
+        """Stop the lock renewer and the background gc, and close the backend's connections."""
+        self.sweeper.close()
         self.driver.close()
         self.backend.close()
 
 
 class _Closing:
-    """The app's response iterable, which releases the session lock when closed."""
+    """The app's response iterable, which releases the session lock when closed (and then may start a gc)."""
 
-    def __init__(self, result: Iterable[bytes], handle: SyncRequest, session: Session) -> None:
+    def __init__(self, result: Iterable[bytes], handle: SyncRequest, session: Session, sweeper: SyncSweeper) -> None:
         self._result = result
         self._handle = handle
         self._session = session
+        self._sweeper = sweeper
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._result)
@@ -119,3 +124,4 @@ class _Closing:
                 close()
         finally:
             self._handle.abort(self._session)
+            self._sweeper.poke()  # the response is out: a due gc starts in the background

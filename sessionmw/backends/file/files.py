@@ -2,23 +2,60 @@
 
 :class:`Files` is a base of :class:`~sessionmw.backends.file.FileBackend` (its methods are the
 backend's own): the paths, the record file (its first line the TTL deadline, then the encoded record)
-merged with the ``.touch`` file, atomic writes, and the per-user index directories; and
-:func:`require_directory`, the check of a store opened without creating anything.
+merged with the ``.touch`` file, atomic writes, the per-user index directories, and gc (the walk
+over the directory and the turn of the background gc); and :func:`require_directory`, the check of
+a store opened without creating anything.
+
+gc, and why so:
+
+* The directory is walked lazily (``os.scandir``) and each ``.session`` file read only as far as its
+  metadata line. A batch (``limit``) stops after that many removals, and the next batch goes on
+  where it stopped (the next name is kept), so a backlog of millions costs one walk, not
+  one per batch; at the end of the directory the next walk starts over.
+* An expired session goes with its ``.touch`` file, its user index entry and its ``.lock`` file. The
+  lock file is removed only under its ``flock`` (taken without waiting), and the expiry is read
+  again under it, since a request that held it may have just saved the session. A lock held by a
+  request stays: its holder removes it when it lets go (no session is left), and its save is dropped.
+* Left-overs are removed too: a ``.lock`` or ``.touch`` file whose session is gone (a request ended
+  on a session gc removed; versions before this one left a lock file per collected session), and
+  the temporary file of a write interrupted more than :data:`TMP_AGE` seconds ago.
+* The background gc's turn (:meth:`Files.claim_gc`) is a small file whose content is the turn's
+  end, read and rewritten under its ``flock``, and never released: it runs out.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets
+import threading
 import time
+from collections.abc import Generator
+from contextlib import closing
 from pathlib import Path
 
 from ...core.errors import BackendUnavailable, ConfigError
 from ..base import Record, Touch, decode_record, encode_record
 
-__all__ = ["Files", "require_directory", "safe_prefix"]
+__all__ = ["GC_LEASE", "TMP_AGE", "Files", "require_directory", "safe_prefix"]
+
+#: Seconds after which the temporary file of an interrupted write is removed by gc.
+TMP_AGE = 3600.0
+
+#: The file (under the key prefix) holding the end of the background gc's turn: never a session's
+#: name, which ends ``.session`` (and is a handle or a raw id, :mod:`sessionmw.core.handles`).
+GC_LEASE = "gc.lease"
+
+# How much of a session file gc reads first: the TTL line and the metadata line fit, in all but
+# sessions with a very long user agent or user id (which are read whole).
+_HEAD = 4096
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# One gc walk at a time per process: batches go on from the name the last one stopped at.
+_WALK = threading.Lock()
 
 
 def safe_prefix(prefix: str) -> str:
@@ -121,3 +158,192 @@ class Files:
             os.unlink(base + ".touch")
         except FileNotFoundError:
             pass
+
+    # -- gc ------------------------------------------------------------------------------------
+
+    #: The name the next batch of gc starts at (where the last one stopped), or ``None``: from the start.
+    _gc_from: str | None = None
+
+    def claim_gc(self, every: float) -> bool:
+        """Take this prefix's turn to collect expired sessions for ``every`` seconds, unless another worker has it.
+
+        The turn is the content of the :data:`GC_LEASE` file (when it ends), read and rewritten under
+        its ``flock``; it is never released, it runs out.
+        """
+        path = str(self.dir / (self.key_prefix + GC_LEASE))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise self._fail(exc, "open the gc turn's file") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another worker is taking it this very moment
+            now = time.time()
+            try:
+                until = float(os.pread(fd, 64, 0) or b"0")
+            except ValueError:
+                until = 0.0  # unreadable: as if it had run out
+            if until > now:
+                return False
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, repr(now + every).encode(), 0)
+            return True
+        except OSError as exc:
+            raise self._fail(exc, "take the gc turn") from exc
+        finally:
+            os.close(fd)  # the flock goes with it; the turn stays, written in the file
+
+    def _collect(self, now: float, limit: int | None) -> int:
+        """Remove the sessions under this prefix expired at ``now``, at most ``limit``; return how many.
+
+        With a ``limit`` the walk goes on from where the last batch stopped.
+        """
+        with _WALK:
+            start = self._gc_from if limit is not None else None
+            removed = 0
+            resume: str | None = None
+            with closing(self._names_from(start)) as names:
+                for name in names:
+                    removed += self._collect_name(name, now)
+                    if limit is not None and removed >= limit:
+                        # The next name, not this one: this one's file may be gone now.
+                        resume = next(names, None)
+                        break
+            if limit is not None:
+                self._gc_from = resume  # None: the walk reached the end, the next starts over
+            return removed
+
+    def _names_from(self, start: str | None) -> Generator[str, None, None]:
+        """Yield the directory's names from ``start`` on (all of them if ``start`` is ``None`` or gone)."""
+        if start is not None:
+            with os.scandir(self.dir) as entries:
+                found = False
+                for entry in entries:
+                    found = found or entry.name == start
+                    if found:
+                        yield entry.name
+            if found:
+                return
+        with os.scandir(self.dir) as entries:
+            for entry in entries:
+                yield entry.name
+
+    def _collect_name(self, name: str, now: float) -> int:
+        """Collect what the file ``name`` is, if it is this prefix's garbage; return the sessions removed (0 or 1)."""
+        prefix = self.key_prefix
+        if name.startswith(".") or not name.startswith(prefix):
+            return 0  # another prefix's, or the directory's own (.users, .break.lock)
+        path = str(self.dir / name)
+        if name.endswith(".session"):
+            return self._collect_session(name[len(prefix) : -len(".session")], now)
+        for suffix in (".lock", ".touch"):
+            if name.endswith(suffix):
+                base = path[: -len(suffix)]
+                if not os.path.exists(base + ".session"):
+                    self._remove_leftover(path, locked=suffix == ".lock")
+                return 0
+        if name.endswith(".tmp"):
+            try:
+                if os.stat(path).st_mtime < now - TMP_AGE:
+                    os.unlink(path)
+            except OSError:
+                pass
+        return 0
+
+    def _collect_session(self, sid: str, now: float) -> int:
+        """Remove session ``sid`` if it expired at ``now``; return 1 if it was removed."""
+        base = self._base(sid)
+        expired = self._expired(base, now)
+        if expired is None:
+            return 0
+        fd = self._try_lock_file(base + ".lock")
+        try:
+            if fd is not None:
+                expired = self._expired(base, now)  # under the lock: a save just before may have renewed it
+                if expired is None:
+                    return 0
+            self._unindex(sid, expired.user_id)
+            for suffix in (".session", ".touch"):
+                try:
+                    os.unlink(base + suffix)
+                except OSError:
+                    pass
+            if fd is not None:
+                self._unlink_held(fd, base + ".lock")
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return 1
+
+    def _expired(self, base: str, now: float) -> Record | None:
+        """Return the metadata of the session at ``base`` if it expired at ``now`` (its data left out);
+        ``None`` when it is live, missing or unreadable."""
+        try:
+            with open(base + ".session", "rb") as f:
+                blob = f.read(_HEAD)
+                head, _, rest = blob.partition(b"\n")
+                meta, sep, _ = rest.partition(b"\n")
+                if not sep and len(blob) == _HEAD:
+                    blob += f.read()
+                    head, _, rest = blob.partition(b"\n")
+                    meta, _, _ = rest.partition(b"\n")
+        except OSError:
+            return None
+        try:
+            ttl_deadline = float(head) if head and head != b"-" else None
+            record = decode_record(meta + b"\n")
+        except ValueError:
+            return None  # not a record: left for inspection
+        expires = record.expires
+        try:
+            with open(base + ".touch", "rb") as f:
+                touched = json.loads(f.read())
+            if touched[0] > record.last_access:
+                expires = touched[2]
+        except (OSError, ValueError, IndexError, TypeError):
+            pass
+        if (ttl_deadline is not None and ttl_deadline <= now) or (expires is not None and expires < now):
+            return record
+        return None
+
+    @staticmethod
+    def _try_lock_file(path: str) -> int | None:
+        """Open and ``flock`` an existing lock file without waiting; ``None`` if it is missing or held."""
+        try:
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def _unlink_held(fd: int, path: str) -> None:
+        """Remove the lock file at ``path``, which ``fd`` holds, if ``path`` still names that file."""
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def _remove_leftover(self, path: str, *, locked: bool) -> None:
+        """Remove a ``.lock`` (under its flock, if nobody holds it) or ``.touch`` file whose session is gone."""
+        if not locked:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return
+        fd = self._try_lock_file(path)
+        if fd is None:
+            return  # held: its holder removes it when it lets go
+        try:
+            if not os.path.exists(path[: -len(".lock")] + ".session"):
+                self._unlink_held(fd, path)
+        finally:
+            os.close(fd)

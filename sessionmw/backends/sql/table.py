@@ -19,10 +19,29 @@ from sqlalchemy.engine import Engine, RowMapping
 from ...core.errors import ConfigError
 from ..base import Record, Touch, decode_record, encode_record
 
-__all__ = ["DEFAULT_TABLE", "Prepared", "Statements", "check_names", "make_table"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "GC_BATCH",
+    "GC_BATCH_SQLITE",
+    "GC_LEASE",
+    "Prepared",
+    "Statements",
+    "check_names",
+    "make_table",
+]
 
 #: The table's name when the URL has no ``table`` option.
 DEFAULT_TABLE = "sessmw_sessions"
+
+#: Rows one gc transaction deletes at most.
+GC_BATCH = 1000
+#: ... on SQLite, where a transaction that writes holds the whole database: about 10 ms of deleting.
+GC_BATCH_SQLITE = 200
+
+#: The row (under the key prefix) whose ``lock_until`` is the background gc's turn: no session's
+#: name, since handles start ``h1.`` and raw ids are 43 characters (:mod:`sessionmw.core.handles`).
+#: It has no data, so no listing, count or gc ever sees it as a session.
+GC_LEASE = "gc"
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}\Z")
 _SID_LEN = 128
@@ -199,6 +218,62 @@ class Statements:
         """Rows gc removes: past the core's expiry or past their TTL."""
         t = self.table
         return sa.or_(t.c.expires < now, t.c.ttl_until <= now)
+
+    def _gc_batch(self, now: float, limit: int) -> sa.Delete | None:
+        """One batch of gc: delete at most ``limit`` rows under this prefix that expired before ``now``.
+
+        In one short transaction, so that a backlog of millions never holds a lock for long:
+        PostgreSQL picks the rows with ``FOR UPDATE SKIP LOCKED`` (a row a request is writing now is
+        left for the next batch, and rechecked once locked), SQLite in a subquery under its one
+        writer; both find them through the ``expires`` and ``ttl_until`` indexes and delete them by
+        primary key. ``None`` on MySQL/MariaDB, which take no ``LIMIT`` in a subquery on the table
+        they delete from: see :meth:`_gc_pick`.
+        """
+        t = self.table
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            return None
+        pick = sa.select(t.c.sid).where(self._prefix_match(), self._dead(now)).limit(limit)
+        if self.engine.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        return sa.delete(t).where(t.c.sid.in_(pick))
+
+    def _gc_pick(self, now: float, limit: int) -> sa.Select[str]:
+        """MySQL/MariaDB, first step of a batch: read (locking nothing) the keys of at most ``limit`` expired rows.
+
+        Then :meth:`_gc_delete` deletes them by primary key. A ``DELETE ... WHERE expired LIMIT n``
+        would lock every row it scans (and the gaps between them) until it commits, and so stall
+        requests on sessions that are not expired at all.
+        """
+        t = self.table
+        return sa.select(t.c.sid).where(self._prefix_match(), self._dead(now)).limit(limit)
+
+    def _gc_delete(self, now: float, keys: list[str]) -> sa.Delete:
+        """MySQL/MariaDB, second step: delete the picked rows that are still expired (by primary key)."""
+        t = self.table
+        return sa.delete(t).where(t.c.sid.in_(keys), self._dead(now))
+
+    def _gc_claim(self, now: float, every: float) -> tuple[sa.Update, sa.Insert]:
+        """The statements that take the gc turn: renew the lease row once it ran out, or create it."""
+        t = self.table
+        key = self._key(GC_LEASE)
+        renew = (
+            sa.update(t)
+            .where(t.c.sid == key, t.c.data.is_(None), sa.or_(t.c.lock_until.is_(None), t.c.lock_until <= now))
+            .values(lock_until=now + every)
+        )
+        create = sa.insert(t).values(
+            sid=key,
+            state=0,
+            created=now,
+            last_access=now,
+            idle_override=False,
+            data=None,
+            expires=None,
+            ttl_until=None,
+            lock_token=GC_LEASE,
+            lock_until=now + every,
+        )
+        return renew, create
 
     def _holds(self, key: str, token: str, now: float) -> sa.ColumnElement[bool]:
         t = self.table

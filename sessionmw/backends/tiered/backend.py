@@ -468,8 +468,14 @@ class TieredBackend:
         """Return ``user_id``'s live sessions, from the durable tier's user index."""
         return self.registry.user_sessions(user_id)
 
-    def gc(self, now: float) -> int:
-        """Remove expired sessions from the durable tier, then the fast tier's leftovers; return the former."""
+    def gc(self, now: float, limit: int | None = None) -> int:
+        """Remove expired sessions from the durable tier, then the fast tier's leftovers; return the former.
+
+        A batch (``limit``: the background gc) collects the durable tier only: the fast one is
+        memcached or Redis, which drop expired copies themselves (their TTL).
+        """
+        if limit is not None:
+            return self.registry.gc(now, limit=limit)
         removed = self.registry.gc(now)
         if isinstance(self.fast, AdminBackend):
             try:
@@ -477,6 +483,11 @@ class TieredBackend:
             except _FastDown:
                 pass
         return removed
+
+    def claim_gc(self, every: float) -> bool:
+        """Take the durable tier's turn to collect for ``every`` seconds (never, when it expires sessions itself)."""
+        claim = getattr(self.registry, "claim_gc", None)
+        return bool(claim(every)) if claim is not None else False
 
     def stats(self) -> dict[str, float]:
         """Figures of both tiers: ``durable_*`` and ``fast_*``, plus ``evictions`` and ``fast_available``.
