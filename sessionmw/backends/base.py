@@ -253,8 +253,13 @@ class AdminBackend(Protocol):
         """Return ``(sid, record)`` for every live session bound to ``user_id``."""
         ...
 
-    def gc(self, now: float) -> int:
-        """Remove sessions whose ``expires`` is before ``now`` (or whose TTL passed); return how many."""
+    def gc(self, now: float, limit: int | None = None) -> int:
+        """Remove sessions whose ``expires`` is before ``now`` (or whose TTL passed); return how many.
+
+        With ``limit``, remove at most that many (one batch of the middleware's background gc, on
+        the stores that keep expired sessions: see :class:`sessionmw.core.sweep.Collects`); without,
+        every one, in as many short batches as it takes.
+        """
         ...
 
     def stats(self) -> dict[str, float]:

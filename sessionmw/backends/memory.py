@@ -33,6 +33,8 @@ class _Store:
     users: dict[str, set[str]] = field(default_factory=dict)
     #: key -> this store's waiters for its lock
     wakeups: Wakeups = field(default_factory=Wakeups)
+    #: key prefix -> monotonic end of the gc turn claimed under it (:meth:`MemoryBackend.claim_gc`)
+    gc_leases: dict[str, float] = field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -227,18 +229,33 @@ class MemoryBackend:
             found = [(k[n:], self._live(k, now)) for k in keys]
         return [(sid, rec) for sid, rec in found if rec is not None]
 
-    def gc(self, now: float) -> int:
-        """Remove sessions past their expiry (or TTL); return how many."""
+    def gc(self, now: float, limit: int | None = None) -> int:
+        """Remove sessions past their expiry (or TTL), at most ``limit`` of them; return how many.
+
+        Oldest first (the dict keeps creation order), so a batch finds the expired ones early.
+        """
         mono = time.monotonic()
-        removed = 0
         with self._s.mutex:
-            for key, (record, deadline) in list(self._s.data.items()):
+            doomed: list[str] = []
+            for key, (record, deadline) in self._s.data.items():
+                if limit is not None and len(doomed) >= limit:
+                    break
                 if not key.startswith(self.key_prefix):
                     continue
                 if (deadline is not None and deadline <= mono) or (record.expires is not None and record.expires < now):
-                    self._remove(key)
-                    removed += 1
-        return removed
+                    doomed.append(key)
+            for key in doomed:
+                self._remove(key)
+        return len(doomed)
+
+    def claim_gc(self, every: float) -> bool:
+        """Take this key prefix's turn to collect for ``every`` seconds, unless it is taken (never released)."""
+        mono = time.monotonic()
+        with self._s.mutex:
+            if self._s.gc_leases.get(self.key_prefix, mono) > mono:
+                return False
+            self._s.gc_leases[self.key_prefix] = mono + every
+            return True
 
     def stats(self) -> dict[str, float]:
         """The memory store has no figures of its own."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...core.errors import ConfigError
-from ..base import Record, Touch, decode_record
+from ..base import Record, Touch
 from .files import safe_prefix
 from .locks import Locks
 
@@ -184,39 +184,12 @@ class FileBackend(Locks):
             found.append((sid, record))
         return found
 
-    def gc(self, now: float) -> int:
-        """Remove sessions past their expiry or TTL; return how many."""
-        removed = 0
-        for sid in list(self._sids()):
-            base = self._base(sid)
-            try:
-                with open(base + ".session", "rb") as f:
-                    blob = f.read()
-            except OSError:
-                continue
-            head, _, body = blob.partition(b"\n")
-            try:
-                ttl_deadline = float(head) if head and head != b"-" else None
-                record = decode_record(body)
-            except ValueError:
-                continue
-            expires = record.expires
-            try:
-                with open(base + ".touch", "rb") as f:
-                    touched = json.loads(f.read())
-                if touched[0] > record.last_access:
-                    expires = touched[2]
-            except (OSError, ValueError, IndexError, TypeError):
-                pass
-            if (ttl_deadline is not None and ttl_deadline <= now) or (expires is not None and expires < now):
-                self._unindex(sid, record.user_id)
-                for suffix in (".session", ".touch"):
-                    try:
-                        os.unlink(base + suffix)
-                    except OSError:
-                        pass
-                removed += 1
-        return removed
+    def gc(self, now: float, limit: int | None = None) -> int:
+        """Remove sessions past their expiry or TTL (and their left-over files), at most ``limit``; return how many.
+
+        See :mod:`.files` for the walk: lazy, going on where the last batch stopped.
+        """
+        return self._collect(now, limit)
 
     def stats(self) -> dict[str, float]:
         """The file store has no figures of its own."""

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ...core.errors import BackendUnavailable
+from ...core.errors import BackendUnavailable, ConfigError
 from ..base import Record, Touch
-from .table import DEFAULT_TABLE, Prepared, Statements, check_names, make_table
+from .notify import Notifier, install, listens
+from .table import DEFAULT_TABLE, GC_BATCH, GC_BATCH_SQLITE, GC_LEASE, Prepared, Statements, check_names, make_table
 from .watchdog import Watch, Watchdog, fileno
 
 __all__ = ["PING_AFTER", "WRITE", "SQLBackend"]
@@ -71,6 +72,8 @@ class SQLBackend(Statements):
         drivers without a read timeout); ``None``: never.
     :param busy_timeout: SQLite: seconds a write waits for the other writers of this process (SQLite's
         own busy timeout bounds the wait for other processes).
+    :param create: create the table at the first call if it is missing; ``False``: raise
+        :class:`ConfigError` naming it instead (a store opened by an administration command).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class SQLBackend(Statements):
         password: str | None = None,
         call_limit: float | None = None,
         busy_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         check_names(table, key_prefix)
         self.name = name
@@ -102,7 +106,14 @@ class SQLBackend(Statements):
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._turn_key = os.path.realpath(database) if database else None
         self._busy_timeout = busy_timeout
+        self._create = create
         self._record_cols = self._sql.record_cols
+        # PostgreSQL wakes a waiter for a lock by NOTIFY (notify.py); the other databases poll.
+        self._notifier: Notifier | None = None
+        if listens(engine.dialect):
+            self._notifier = Notifier(self)
+            self.wait_released = self._notifier.wait_released
+            self.await_released = self._notifier.await_released
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -127,6 +138,8 @@ class SQLBackend(Statements):
                 # gc needs), or left half-made by a process that lost a race, gets what it lacks.
                 for index in sorted(self.table.indexes, key=lambda ix: str(ix.name)):
                     self._create_once(conn, functools.partial(index.create, checkfirst=True))
+                if self._notifier is not None:
+                    install(conn, self.table)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         finally:
@@ -151,8 +164,27 @@ class SQLBackend(Statements):
         if self._ready:
             return
         with self._ready_mutex:
-            if not self._ready:
+            if self._ready:
+                return
+            if self._create:
                 self.create_tables()
+            else:
+                self._require_table()
+
+    def _require_table(self) -> None:
+        """Check that the table exists, creating nothing; raise :class:`ConfigError` naming it if not."""
+        try:
+            with self.engine.connect() as conn:
+                found = sa.inspect(conn).has_table(self.table.name)
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        if not found:
+            raise ConfigError(
+                f"SQL backend {self.name} has no table {self.table.name!r} "
+                "(`sessionmw init-db` creates it, as does the middleware at its first session)",
+                option="table",
+            )
+        self._ready = True
 
     @contextmanager
     def _begin(self, write: bool = True) -> Iterator[Connection]:
@@ -311,6 +343,8 @@ class SQLBackend(Statements):
 
     def close(self) -> None:
         """Close every pooled connection (the backend reconnects if it is used again)."""
+        if self._notifier is not None:
+            self._notifier.close()
         _dispose(self.engine, self._watchdog)
 
     # -- administration ------------------------------------------------------------------------
@@ -362,18 +396,59 @@ class SQLBackend(Statements):
             found.append((key[n:], record))
         return found
 
-    def gc(self, now: float) -> int:
-        """Delete the rows under this prefix past their expiry or TTL in one statement; return how many."""
-        stmt = sa.delete(self.table).where(self._prefix_match(), self._dead(now))
+    def gc(self, now: float, limit: int | None = None) -> int:
+        """Delete the rows under this prefix past their expiry or TTL, at most ``limit``; return how many.
+
+        In transactions of at most :data:`~.table.GC_BATCH` rows each (:data:`~.table.GC_BATCH_SQLITE`
+        on SQLite), so that a backlog of millions never holds locks that stall requests; between two,
+        the thread yields, so that a request waiting for SQLite's write turn gets it.
+        """
+        step = GC_BATCH_SQLITE if self.engine.dialect.name == "sqlite" else GC_BATCH
+        removed = 0
+        while True:
+            size = step if limit is None else min(step, limit - removed)
+            if size <= 0:
+                return removed
+            if removed:
+                time.sleep(0)  # let a waiting request have the write turn before the next transaction
+            with self._begin() as conn:
+                batch = self._gc_batch(now, size)
+                if batch is not None:
+                    picked = n = int(conn.execute(batch).rowcount)
+                else:  # MySQL/MariaDB: pick, then delete by primary key
+                    keys = list(conn.execute(self._gc_pick(now, size)).scalars())
+                    picked, n = len(keys), int(conn.execute(self._gc_delete(now, keys)).rowcount) if keys else 0
+            removed += n
+            if picked < size:
+                return removed
+
+    def claim_gc(self, every: float) -> bool:
+        """Take this prefix's turn to collect expired sessions for ``every`` seconds, unless another worker has it.
+
+        The turn is the ``lock_until`` of a row without data (:data:`~.table.GC_LEASE`), taken by the
+        same conditional ``UPDATE`` as a session's lock, and never released: it runs out.
+        """
+        now = time.time()
+        renew, create = self._gc_claim(now, every)
         with self._begin() as conn:
-            return int(conn.execute(stmt).rowcount)
+            if conn.execute(renew).rowcount == 1:
+                return True
+            if conn.execute(self._sql.exists, {"p_key": self._key(GC_LEASE)}).first() is not None:
+                return False
+        try:
+            with self._begin() as conn:
+                conn.execute(create)
+        except sa_exc.IntegrityError:
+            return False  # another worker created it just now: the turn is theirs
+        return True
 
     def stats(self) -> dict[str, float]:
         """Return ``rows`` (rows under this prefix, expired included) and ``expired_rows`` (what gc would remove)."""
         t = self.table
         now = time.time()
         dead = sa.func.sum(sa.case((self._dead(now), 1), else_=0))
-        query = sa.select(sa.func.count(), dead).select_from(t).where(self._prefix_match())
+        # count(data): the gc turn's row (no data) is no session
+        query = sa.select(sa.func.count(t.c.data), dead).select_from(t).where(self._prefix_match())
         with self._begin(write=False) as conn:
             rows, expired = conn.execute(query).one()
         return {"rows": float(rows or 0), "expired_rows": float(expired or 0)}
