@@ -39,11 +39,12 @@ STATS_FIGURES = (
 class Figures(UserIndex, Enumeration):
     """The administration part of :class:`~sessionmw.backends.memcached.MemcachedBackend`."""
 
-    def gc(self, now: float) -> int:
+    def gc(self, now: float, limit: int | None = None) -> int:
         """Remove sessions whose ``expires`` is before ``now`` and prune the user indexes; return how many.
 
         memcached drops sessions past their TTL by itself; each removal is a compare-and-delete, so a
-        session refreshed meanwhile by a request is kept.
+        session refreshed meanwhile by a request is kept. ``limit`` is accepted for the protocol's sake:
+        the background collection never runs on memcached, and a full pass has no batches to cut.
         """
         removed: set[str] = set()
         index_keys: list[tuple[Node, str]] = []
