@@ -30,7 +30,7 @@ from redis.sentinel import SentinelConnectionPool
 from sessionmw import SessionStore
 from sessionmw.backends import Record, Touch, open_async_backend, open_backend
 from sessionmw.backends.base import encode_record
-from sessionmw.backends.redis import AsyncRedisBackend, RedisBackend, ops, wire
+from sessionmw.backends.redis import AsyncRedisBackend, RedisBackend, ops, scripts, wire
 from sessionmw.backends.redis.client import RedisBase
 from sessionmw.backends.redis.config import client_config
 from sessionmw.backends.redis.figures import figures
@@ -504,6 +504,78 @@ def test_every_primitive_is_one_round_trip(
             assert "eval" not in delta and "script|load" not in delta, f"{what} fell back to EVAL: {delta}"
         else:
             assert delta == dict.fromkeys(command.split("+"), 1), f"{what}: {delta}"
+
+
+@redis_service
+def test_the_locked_paths_execute_their_budget_of_server_commands(backend: RedisBackend, raw: redis.Redis) -> None:
+    """What the server executes for an uncontended locked request, scripts' own commands included.
+
+    The budget of docs/performance.md ("Redis commands per request"): the lock-and-load is SET NX PX
+    and GET pipelined (cheaper on the server than one script running both); a save is one script
+    running GET (the lock), SET XX GET, DEL (the lock) and GET (the waiters' count: nobody waits, so
+    no wake-up); a release of an unchanged session the same without the SET.
+    """
+    warm_up(backend)
+    sid = new_session_id()
+    assert backend.create(sid, rec(), 60)
+
+    def executed(call: Callable[[], object]) -> dict[str, int]:
+        before = commandstats(raw)
+        call()
+        after = commandstats(raw)
+        delta = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+        delta.pop("info", None)
+        return delta
+
+    token = new_lock_token()
+    assert executed(lambda: backend.lock_and_load(sid, token, 30)) == {"set": 1, "get": 1}
+    saved = executed(lambda: backend.save(sid, rec(b'{"n":1}'), token, 60))
+    assert saved == {"evalsha": 1, "get": 2, "set": 1, "del": 1}, saved
+    token = new_lock_token()
+    assert executed(lambda: backend.lock_and_load(sid, token, 30)) == {"set": 1, "get": 1}
+    released = executed(lambda: backend.release(sid, token, None))
+    assert released == {"evalsha": 1, "get": 2, "del": 1}, released
+    assert executed(lambda: backend.load(sid)) == {"get": 1}
+    loaded = backend.load(sid)
+    assert loaded is not None and loaded.data == b'{"n":1}', "the save wrote, the release left it"
+
+
+@redis_service
+def test_a_big_save_reads_only_the_head_of_the_record_it_overwrites(backend: RedisBackend, raw: redis.Redis) -> None:
+    """Over BIG_RECORD bytes a save reads the old record's metadata line by GETRANGE, never all of it;
+    the index still follows a change of user (also when the line is longer than HEAD_RANGE), and a
+    deleted session is still not resurrected."""
+    keys = backend._base.keys
+    warm_up(backend)
+    big = b'{"blob":"' + b"x" * (scripts.BIG_RECORD + 100) + b'"}'
+    sid = new_session_id()
+    assert backend.create(sid, rec(big, user_id="carol"), 60)
+
+    def saved(record: Record) -> tuple[bool, dict[str, int]]:
+        token = new_lock_token()
+        assert backend.lock_and_load(sid, token, 30)[0]
+        before = commandstats(raw)
+        result = backend.save(sid, record, token, 60)
+        after = commandstats(raw)
+        return result, {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0) and k != "info"}
+
+    ok, executed = saved(rec(big + b" ", user_id="carol"))
+    assert ok and executed == {"evalsha": 1, "get": 2, "getrange": 1, "set": 1, "del": 1}, executed
+    loaded = backend.load(sid)
+    assert loaded is not None and loaded.data == big + b" " and 0 < (raw.pttl(keys.data(sid)) or 0) <= 60_000
+    ok, executed = saved(rec(big, user_id="dan"))
+    assert ok and executed["srem"] == executed["sadd"] == 1, executed
+    assert not raw.exists(keys.user("carol")) and members(raw, keys.user("dan")) == {sid}
+    long_user = "u" * (scripts.HEAD_RANGE + 10)  # a metadata line longer than the range read: read whole
+    assert saved(rec(big, user_id=long_user))[0]
+    ok, executed = saved(rec(big, user_id="erin"))
+    assert ok and executed["get"] == 3, f"the whole old record was read for its long line: {executed}"
+    assert not raw.exists(keys.user(long_user)) and members(raw, keys.user("erin")) == {sid}
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    backend.delete(sid)
+    assert not backend.save(sid, rec(big, user_id="erin"), token, 60), "a deleted session is not resurrected"
+    assert not raw.exists(keys.data(sid)) and not raw.exists(keys.lock(sid))
 
 
 @redis_service
