@@ -49,7 +49,7 @@ from starlette.routing import Route
 from sessionmw import SessionMiddleware
 from sessionmw.backends.redis import _async_runners, ops
 from sessionmw.backends.redis.records import decode
-from sessionmw.backends.redis.scripts import BIG_RECORD, SAVE
+from sessionmw.backends.redis.scripts import BIG_RECORD, HEAD_RANGE, SAVE, TOUCH
 from sessionmw.backends.redis.wire import ms
 
 REQUESTS = (
@@ -285,7 +285,7 @@ def save_forms(client: redis.Redis, n: int) -> list[dict[str, Any]]:
         record = head + b"x" * size
         for i in range(n):
             client.set(f"s:{{{i}}}", record)
-        forms = (("SET ... GET, all of the old record", whole), ("today's SAVE", SAVE))
+        forms = (("SET ... GET, all of the old record", whole), ("SAVE (head only over 8 KB)", SAVE))
         shas = [client.script_load(source) for _, source in forms]
         best: dict[str, dict[str, float]] = {}
         for _ in range(3):  # the repetitions alternate between the forms; the fastest counts
@@ -309,6 +309,48 @@ def save_forms(client: redis.Redis, n: int) -> list[dict[str, Any]]:
         for label, _ in forms:
             out.append({"form": f"{label}, record of {size} B", "commands_sent": 1, **best[label]})
         client.delete(*[f"s:{{{i}}}" for i in range(n)])
+    return out
+
+
+def touch_forms(client: redis.Redis, n: int) -> list[dict[str, Any]]:
+    """Server µs per touch script by record size: the whole record read and written, or its head in place.
+
+    The first form is TOUCH made to read the whole record (GET) and write it whole: what every touch ran before.
+    """
+    head_read = (
+        f"local value = redis.call('GETRANGE', KEYS[1], 0, {HEAD_RANGE - 1})\n  local whole = #value < {HEAD_RANGE}"
+    )
+    whole = TOUCH.replace(head_read, "local value = redis.call('GET', KEYS[1]) or ''\n  local whole = true")
+    assert whole != TOUCH
+    head = b'[1764588891.5,1764588891.5,null,"127.0.0.1","127.0.0.1",1764588891.5,0,null,1764590691.5]\n'
+    out = []
+    for size in (100, 16384, 65536):
+        record = head + b"x" * size
+        for i in range(n):
+            client.set(f"t:{{{i}}}", record)
+        forms = (("GET and SET of the whole record", whole), ("TOUCH (head in place when long)", TOUCH))
+        shas = [client.script_load(source) for _, source in forms]
+        best: dict[str, dict[str, float]] = {}
+        for rep in range(3):
+            for k, ((label, _), sha) in enumerate(zip(forms, shas, strict=True)):
+                at = 1764588892.5 + rep * 2 + k  # always newer: every touch rewrites the metadata line
+                arg = f"{at!r} {at + 1800!r} 60000"
+                client.config_resetstat()
+                cpu = server_cpu(client)
+                pipe = client.pipeline(transaction=False)
+                for i in range(n):
+                    pipe.evalsha(sha, 1, f"t:{{{i}}}", arg)
+                    if i % 50 == 49:
+                        pipe.execute()
+                pipe.execute()
+                cpu = server_cpu(client) - cpu
+                executed, usec, _ = server_stats(client, Counter(evalsha=n))
+                figures = {"commands_executed": executed / n, "server_usec": usec / n, "server_cpu_usec": cpu / n}
+                if label not in best or figures["server_usec"] < best[label]["server_usec"]:
+                    best[label] = figures
+        for label, _ in forms:
+            out.append({"form": f"{label}, record of {size} B", "commands_sent": 1, **best[label]})
+        client.delete(*[f"t:{{{i}}}" for i in range(n)])
     return out
 
 
@@ -351,6 +393,7 @@ async def main_async(url: str, n: int, repeat: int, sessions: int) -> dict[str, 
     result["memory"] = await bytes_per_session(app, client, prefix, sessions)
     result["forms"] = forms(client, min(n, 2000))
     result["save_forms"] = save_forms(client, min(n, 1000))
+    result["touch_forms"] = touch_forms(client, min(n, 1000))
     return result
 
 
@@ -406,6 +449,10 @@ def print_save_forms(result: dict[str, Any]) -> None:
     print("\nSave-and-release script, bare (pipelined, nobody waiting), by record size\n")
     print("| form | commands executed | server µs in commands | server CPU µs |\n|---|---:|---:|---:|")
     for f in result.get("save_forms", []):
+        print(f"| {f['form']} | {f['commands_executed']:g} | {f['server_usec']:.1f} | {f['server_cpu_usec']:.1f} |")
+    print("\nTouch script, bare (pipelined, a newer last access each time), by record size\n")
+    print("| form | commands executed | server µs in commands | server CPU µs |\n|---|---:|---:|---:|")
+    for f in result.get("touch_forms", []):
         print(f"| {f['form']} | {f['commands_executed']:g} | {f['server_usec']:.1f} | {f['server_cpu_usec']:.1f} |")
 
 

@@ -579,6 +579,52 @@ def test_a_big_save_reads_only_the_head_of_the_record_it_overwrites(backend: Red
 
 
 @redis_service
+def test_a_big_records_touch_rewrites_its_metadata_line_in_place(backend: RedisBackend, raw: redis.Redis) -> None:
+    """A touch of a record longer than HEAD_RANGE reads its head only, and rewrites it in place
+    (SETRANGE, then the TTL) when the new line is as long as the old; else whole, as before."""
+    keys = backend._base.keys
+    warm_up(backend)
+    big = b'{"blob":"' + b"x" * 16384 + b'"}'
+    sid = new_session_id()
+    t0 = 1_700_000_000.25
+    assert backend.create(sid, rec(big, created=t0, last_access=t0, last_ip="10.0.0.1", expires=t0 + 600), 60)
+
+    def executed(call: Callable[[], object]) -> dict[str, int]:
+        before = commandstats(raw)
+        call()
+        after = commandstats(raw)
+        return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0) and k != "info"}
+
+    def loaded() -> Record:
+        got = backend.load(sid)
+        assert got is not None and got.data == big, "the data is never touched"
+        return got
+
+    done = executed(lambda: backend.touch(sid, Touch(t0 + 1, "10.0.0.2", t0 + 601, 120)))
+    assert done == {"evalsha": 1, "getrange": 1, "setrange": 1, "pexpire": 1}, done
+    got = loaded()
+    assert (got.last_access, got.last_ip, got.expires) == (t0 + 1, "10.0.0.2", t0 + 601)
+    assert 60_000 < raw.pttl(keys.data(sid)) <= 120_000
+    done = executed(lambda: backend.touch(sid, Touch(t0 + 2, "10.0.0.100", t0 + 602, None)))
+    assert done == {"evalsha": 1, "getrange": 1, "get": 1, "set": 1}, f"a longer line: written whole: {done}"
+    got = loaded()
+    assert (got.last_access, got.last_ip, got.expires) == (t0 + 2, "10.0.0.100", t0 + 602)
+    assert raw.pttl(keys.data(sid)) == -1, "no TTL: persisted"
+    done = executed(lambda: backend.touch(sid, Touch(t0 + 1.5, "10.0.0.9", t0 + 1, 30)))
+    assert done == {"evalsha": 1, "getrange": 1, "pexpire": 1}, f"an older touch only refreshes the TTL: {done}"
+    assert loaded().last_access == t0 + 2 and 0 < raw.pttl(keys.data(sid)) <= 30_000
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    assert backend.release(sid, token, Touch(t0 + 3, None, t0 + 603, 60))
+    got = loaded()
+    assert (got.last_access, got.last_ip, got.expires) == (t0 + 3, "10.0.0.100", t0 + 603)
+    assert not raw.exists(keys.lock(sid))
+    backend.delete(sid)
+    backend.touch(sid, Touch(t0 + 4, None, None, 60))
+    assert not raw.exists(keys.data(sid)), "a touch never creates a session"
+
+
+@redis_service
 def test_async_primitives_are_one_round_trip_too(
     redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -87,26 +87,43 @@ end
 # When the touch is newer than the record's last access, rewrites the record with last_access, expires
 # and (if given) last_ip replaced in its metadata line; else only refreshes the TTL (a newer write won).
 # Returns 1 when the session exists (touched), 0 when it does not (nothing created).
+# It reads the first HEAD_RANGE bytes (GETRANGE): a small record whole, a big one's metadata line; a
+# big record whose new line is as long as the old one (the usual case: the same IP, times of the same
+# width) is rewritten in place (SETRANGE of the line, then the TTL), never copied; else it is read and
+# written whole, as a small one.
 _TOUCH_FN = (
     _FIELDS_FN
-    + r"""
+    + rf"""
 local function touch(at)
-  local value = redis.call('GET', KEYS[1])
-  if not value then return 0 end
+  local value = redis.call('GETRANGE', KEYS[1], 0, {HEAD_RANGE - 1})
+  local whole = #value < {HEAD_RANGE}
+  if value == '' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
   local at_, ex, ttl = string.match(ARGV[at], '^(%S+) (%S+) (%S+)$')
   local f, j = fields(value, 9)
+  if not f and not whole then
+    value = redis.call('GET', KEYS[1])
+    whole = true
+    f, j = fields(value, 9)
+  end
   local old = f and tonumber(f[2])
   if old and old < tonumber(at_) then
     f[2] = at_
     f[9] = ex
     if ARGV[at + 1] then f[5] = cjson.encode(ARGV[at + 1]) end
-    value = '[' .. table.concat(f, ',') .. string.sub(value, j)
-    if ttl == '-' then
-      redis.call('SET', KEYS[1], value)
-    else
-      redis.call('SET', KEYS[1], value, 'PX', ttl)
+    local head = '[' .. table.concat(f, ',')
+    if whole or #head ~= j - 1 then
+      if not whole then value = redis.call('GET', KEYS[1]) end
+      value = head .. string.sub(value, j)
+      if ttl == '-' then
+        redis.call('SET', KEYS[1], value)
+      else
+        redis.call('SET', KEYS[1], value, 'PX', ttl)
+      end
+      return 1
     end
-  elseif ttl == '-' then
+    redis.call('SETRANGE', KEYS[1], 0, head)
+  end
+  if ttl == '-' then
     redis.call('PERSIST', KEYS[1])
   else
     redis.call('PEXPIRE', KEYS[1], ttl)
