@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from asgi_call import call
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
@@ -54,41 +55,6 @@ def build(kind: str, tmp: str) -> Starlette:
         return Starlette(routes=ROUTES, middleware=[Middleware(StarletteSessionMiddleware, secret_key="k")])
     backend = f"memory://bench-{uuid.uuid4().hex[:6]}" if kind == "sessionmw memory" else f"file://{tmp}"
     return Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, secret_key="k", backend=backend)])
-
-
-async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | None]:
-    """Call ``app`` once; return the status and the Set-Cookie value, if any."""
-    headers = [(b"host", b"bench"), (b"user-agent", b"bench/1")]
-    if cookie:
-        headers.append((b"cookie", cookie))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("bench", 80),
-    }
-    out: dict[str, Any] = {}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            out["status"] = message["status"]
-            for k, v in message.get("headers", []):
-                if k == b"set-cookie":
-                    out["cookie"] = v.split(b";", 1)[0]
-
-    await app(scope, receive, send)
-    return out["status"], out.get("cookie")
 
 
 async def measure(app: Any, path: str, cookie: bytes | None, n: int, repeat: int) -> float:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from asgi_call import call
+
 SETUPS = ["ids in clear", "hashed ids", "hashed + encrypted"]
 ROUTES = ["/write", "/read"]
 KEY = "bench-encryption-key-" + "k" * 32
@@ -108,41 +110,6 @@ def build(setup: str, backend: str) -> Any:
     return Starlette(
         routes=[Route("/write", write), Route("/read", read)], middleware=[Middleware(SessionMiddleware, **options)]
     )
-
-
-async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | None]:
-    """Call ``app`` once; return the status and the new session cookie, if any."""
-    headers = [(b"host", b"bench")]
-    if cookie:
-        headers.append((b"cookie", cookie))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("bench", 80),
-    }
-    out: dict[str, Any] = {}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            out["status"] = message["status"]
-            for k, v in message.get("headers", []):
-                if k == b"set-cookie":
-                    out["cookie"] = v.split(b";", 1)[0]
-
-    await app(scope, receive, send)
-    return out["status"], out.get("cookie")
 
 
 async def ready(setup: str, backend: str) -> tuple[Any, bytes]:
