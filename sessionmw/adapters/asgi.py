@@ -5,13 +5,22 @@ read-only, load (and lock) before the app runs when a signed cookie is present (
 is synchronous; on a route in ``lazy_paths``, at ``await load_session(request)`` instead), write
 back and release when ``http.response.start`` goes out, and release in a ``finally`` when the app
 fails.
+
+An endpoint that leaves its session untouched gets it deferred: not loaded, not locked
+(docs/untouched-routes.md). This module finds where an endpoint can reach its session (its FastAPI
+dependencies, sync or async), tells the core's :class:`~sessionmw.core.route.Predictions` what each
+request did, and answers a misprediction: the request runs again with its session loaded (a safe
+method) or gets a 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import inspect
 import sys
+from collections import deque
 from collections.abc import Callable, MutableMapping, Sequence
 from types import FrameType
 from typing import Any, Literal
@@ -25,7 +34,7 @@ from ..core.errors import BackendUnavailable, ConfigError, SessionError, Session
 from ..core.hooks import failure_of, hooks_of
 from ..core.policy import Outcome, SessionCore
 from ..core.readonly import is_read_only
-from ..core.route import Route
+from ..core.route import Predictions, Reach, Route, Usage, replayable
 from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
 from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, logger, unavailable_body
@@ -142,27 +151,40 @@ class SessionMiddleware:
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.driver.listeners = self.core.listeners
         self.error_response: ErrorResponse = error_response or unavailable_body
-        self._routes: dict[tuple[str, str, str], Route] = {}
+        #: What each endpoint was seen doing with its session: which sessions to defer.
+        self.predictions = Predictions()
+        self._routes: dict[tuple[str, str, str], tuple[Route, Usage | None]] = {}
 
-    def _route(self, scope: Scope) -> Route:
-        """Return the core's route for the request: its endpoint's marker and the path patterns."""
+    def _route(self, scope: Scope) -> tuple[Route, Usage | None]:
+        """Return the core's route for the request, and its endpoint's usage (``None``: never deferred)."""
         kind = scope["type"]
-        key = (kind, scope.get("method", ""), scope["path"])
-        route = self._routes.get(key)
-        if route is None:
+        method = scope.get("method", "")
+        key = (kind, method, scope["path"])
+        found = self._routes.get(key)
+        if found is None:
             path = scope["path"]
             rules = self.core.routes
             app = scope.get("app")
-            endpoint = find_starlette_endpoint(app, scope) if app is not None and not rules.excluded(path) else None
+            leaf, endpoint = (None, None)
+            if app is not None and not rules.excluded(path):
+                leaf, endpoint = _find_route(app, scope)
             route = rules.decide(
                 path,
                 marked=endpoint is not None and endpoint is not STATIC and is_read_only(endpoint),
                 static=endpoint is STATIC,
                 websocket=kind == "websocket",
             )
+            usage = None
+            if kind == "http" and leaf is not None and not route.excluded and not route.lazy:
+                try:
+                    reach = reach_of(leaf, endpoint, method)
+                except Exception:  # a route of a shape not foreseen: load its sessions as before
+                    reach = None
+                usage = self.predictions.usage(leaf, method, reach)
+            found = (route, usage)
             if len(self._routes) < ROUTE_CACHE_SIZE:
-                self._routes[key] = route
-        return route
+                self._routes[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -172,10 +194,17 @@ class SessionMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        route = self._route(scope)
+        found = self._routes.get((kind, scope.get("method", ""), scope["path"]))
+        route, usage = found if found is not None else self._route(scope)
         if route.excluded:
             scope["session"] = self.core.new_session(route, None, None)
             await self.app(scope, receive, send)
+            return
+        if usage is not None:
+            if usage.deferred:
+                await self._deferred(scope, receive, send, route, usage)
+            else:
+                await self._watched(scope, receive, send, route, usage)
             return
         handle = AsyncRequest(self.core, self.driver, scope)
         session, load = self._session(scope, route, handle)
@@ -189,41 +218,126 @@ class SessionMiddleware:
                 # Answer 503 only if the app uses the session: a page that never touches it still works.
                 self.core.fail_later(session, exc)
         scope["session"] = session
-        if kind == "websocket":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                outcome = await handle.finish(session)
-                if outcome.vary or outcome.set_cookie is not None:
-                    _add_headers(message, outcome)
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_wrapper)
+            if kind == "websocket":
+                await self.app(scope, receive, send)
+            else:
+                await self._serve(scope, receive, send, session, handle)
+        finally:
+            handle.detach()
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, session: Session, handle: AsyncRequest, record: bool = False
+    ) -> _Exchange:
+        """Run the app for an HTTP request; close the session when the response starts.
+
+        :param record: keep what the app receives, for a second run of the request.
+        Returns the request's :class:`_Exchange`; its ``unanswered`` is True when a misprediction
+        (:attr:`AsyncRequest.mispredicted`) left the request unanswered: the app's own response, if
+        it made one, was not sent.
+        """
+        exchange = _Exchange(send, handle, session, receive if record else None)
+        try:
+            await self.app(scope, exchange.receive if record else receive, exchange.send)
         except SessionUnavailable as exc:
             await handle.abort(session)
-            if started:
+            if exchange.started:
                 raise
+            if handle.mispredicted is not None:
+                exchange.unanswered = True
+                return exchange
             await self._unavailable(exc, "http", send)
+        except Exception:
+            await handle.abort(session)
+            if handle.mispredicted is not None and not exchange.started:
+                exchange.unanswered = True  # the app failed on its unusable session (or by its own catch of that)
+                return exchange
+            raise
         except BaseException:
             await handle.abort(session)
             raise
         else:
             if not handle.finished:
                 await handle.finish(session)
+        finally:
+            if handle.kept is not None:
+                await handle.release_kept()
+        exchange.unanswered = handle.mispredicted is not None and not exchange.started
+        return exchange
+
+    async def _watched(self, scope: Scope, receive: Receive, send: Send, route: Route, usage: Usage) -> None:
+        """Serve a request to an endpoint still watched (:class:`Predictions`): loaded as usual, uses noted."""
+        handle = AsyncRequest(self.core, self.driver, scope)
+        session, load = self._session(scope, route, handle)
+        if load:
+            try:
+                await handle.open(session, lock=not route.read_only)
+            except SessionUnavailable as exc:
+                self.core.fail_later(session, exc)  # a 503 only if the app uses its session
+        watching = not usage.used
+        if watching:
+            handle.watch(session)
+        scope["session"] = session
+        try:
+            await self._serve(scope, receive, send, session, handle)
+        finally:
+            handle.detach()
+            if watching:
+                # A session that could not be loaded raises at its first use before the use is noted.
+                used = handle.used_unloaded or (session.accessed and failure_of(session) is not None)
+                self.predictions.observe(usage, used=used, before_routing=handle.before_routing, cookie=load)
+
+    async def _deferred(self, scope: Scope, receive: Receive, send: Send, route: Route, usage: Usage) -> None:
+        """Serve a request to an endpoint predicted to leave its session untouched.
+
+        Its session is not loaded unless used. A use on the event loop (a misprediction) leaves the
+        request to be run again with its session loaded when its method is safe (what the app
+        received is given to it again), and answered 503 otherwise.
+        """
+        handle = AsyncRequest(self.core, self.driver, scope)
+        # Not even the cookie is read until the session is used (a new one, if it names none).
+        session = self.core.new_session(route, None, handle)
+        handle.defer(session, not route.read_only, True)
+        entry = dict(scope)  # the scope before the app's routing changes it, to run again from
+        again_ok = replayable(scope["method"])
+        scope["session"] = session
+        try:
+            exchange = await self._serve(scope, receive, send, session, handle, again_ok)
+        finally:
+            handle.detach()
+            if handle.mispredicted is not None:
+                self.predictions.mispredicted(usage, before_routing=handle.before_routing)
+            elif handle.used_unloaded:  # in a worker thread, or a new session (no cookie)
+                self.predictions.observe(usage, used=True, before_routing=handle.before_routing)
+        if not exchange.unanswered:
+            return
+        error = handle.mispredicted
+        assert error is not None
+        if not again_ok:
+            logger.warning("%s %s: %s (answered 503)", scope["method"], scope["path"], error.message)
+            await self._unavailable(error, "http", send)
+            return
+        received = exchange.received or []
+        if any(m["type"] == "http.disconnect" for m in received):
+            return  # the client is gone: nobody to answer
+        logger.info("%s: the session was used after all; the request runs again with it loaded", scope["path"])
+        scope = entry
+        again = AsyncRequest(self.core, self.driver, scope)
+        session, load = self._session(scope, route, again)
+        if load:
+            try:
+                await again.open(session, lock=not route.read_only)
+            except SessionUnavailable as exc:
+                self.core.fail_later(session, exc)
+        scope["session"] = session
+        try:
+            await self._serve(scope, functools.partial(_replaying, deque(received), receive), send, session, again)
+        finally:
+            again.detach()
 
     def _session(self, scope: Scope, route: Route, handle: AsyncRequest) -> tuple[Session, bool]:
         """Return the request's session from its cookie, and whether to load it before the app runs."""
-        cookie = None
-        for name, value in scope["headers"]:
-            if name == b"cookie":
-                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
-        found = self.core.sid_from_cookie(cookie, self.settings.max_age)
+        found = handle.found_cookie()
         session = self.core.new_session(route, found, handle)
         if found is None:
             return session, False
@@ -356,18 +470,23 @@ def find_starlette_endpoint(app: Any, scope: MutableMapping[str, Any]) -> Any:
 
     The middleware runs before routing, so it matches the routes itself (``route.matches``).
     """
+    return _find_route(app, scope)[1]
+
+
+def _find_route(app: Any, scope: MutableMapping[str, Any]) -> tuple[Any, Any]:
+    """Return the route Starlette's router would choose for ``scope`` and its endpoint, or ``(None, None)``."""
     router = getattr(app, "router", None)
     routes = getattr(router, "routes", None) if router is not None else getattr(app, "routes", None)
     if routes is None:
-        return None
+        return None, None
     try:
         from starlette.routing import Match
     except ImportError:  # pragma: no cover - starlette is a dependency
-        return None
+        return None, None
     return _match(routes, scope, Match.FULL)
 
 
-def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> Any:
+def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> tuple[Any, Any]:
     for route in routes:
         try:
             match, child = route.matches(scope)
@@ -377,12 +496,154 @@ def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> Any:
             continue
         endpoint = child.get("endpoint")
         if type(endpoint).__name__ == "StaticFiles":
-            return STATIC
+            return route, STATIC
         sub_routes = getattr(route, "routes", None)  # a Mount of a router or an app with routes
         if sub_routes:
             return _match(sub_routes, {**scope, **child}, full)
-        return endpoint
-    return None
+        return route, endpoint
+    return None, None
+
+
+def reach_of(route: Any, endpoint: Any, method: str) -> Reach | None:
+    """Tell where the code behind a Starlette or FastAPI route can reach the request's session.
+
+    ``None`` when it cannot be told (the session of such a route is never deferred).
+    """
+    if endpoint is None or endpoint is STATIC:
+        return None
+    dependant = getattr(route, "dependant", None)
+    if dependant is not None and hasattr(dependant, "dependencies"):
+        return _fastapi_reach(dependant)
+    from starlette.endpoints import HTTPEndpoint
+
+    if inspect.isclass(endpoint):
+        if not issubclass(endpoint, HTTPEndpoint):
+            return "loop"  # an ASGI application class: it runs on the loop
+        # HTTPEndpoint.dispatch: HEAD is served by `get` unless there is a `head`, a sync handler in a thread.
+        name = "get" if method == "HEAD" and not hasattr(endpoint, "head") else method.lower()
+        handler = getattr(endpoint, name, None)
+        return "loop" if handler is None or _is_async(handler) else "thread"
+    if inspect.isfunction(endpoint) or inspect.ismethod(endpoint):
+        # starlette.routing.request_response: a sync function endpoint runs in a worker thread.
+        return "loop" if _is_async(endpoint) else "thread"
+    return "loop"  # any other ASGI application
+
+
+def _fastapi_reach(root: Any) -> Reach:
+    """Where a FastAPI route's endpoint and dependencies can reach the session.
+
+    A parameter of type ``Request``, ``HTTPConnection`` or ``WebSocket`` reaches it; a dependency on
+    :func:`load_session` loads it, and since FastAPI calls the endpoint after every dependency, an
+    endpoint taking the request then finds its session loaded. The schemes of ``fastapi.security``
+    take the request only to read its headers. FastAPI calls a sync dependency or endpoint in a
+    worker thread.
+    """
+    loads = False
+    endpoint: Reach | None = None
+    dependencies: set[Reach] = set()
+    stack = [(root, True)]
+    seen: set[int] = set()
+    while stack:
+        dependant, is_endpoint = stack.pop()
+        if id(dependant) in seen:
+            continue
+        seen.add(id(dependant))
+        call = dependant.call
+        if call is load_session:
+            loads = True
+            continue
+        takes_request = (
+            dependant.request_param_name or dependant.websocket_param_name or dependant.http_connection_param_name
+        )
+        if takes_request and not _is_security_scheme(call):
+            where: Reach = "loop" if _is_async(call) else "thread"
+            if is_endpoint:
+                endpoint = where
+            else:
+                dependencies.add(where)
+        stack.extend((d, False) for d in dependant.dependencies)
+    if endpoint is not None and not loads:
+        dependencies.add(endpoint)
+    if "loop" in dependencies:
+        return "loop"
+    if "thread" in dependencies:
+        return "thread"
+    return "loads" if loads else "none"
+
+
+def _is_async(call: Any) -> bool:
+    """Tell whether Starlette or FastAPI runs ``call`` on the event loop (else in a worker thread)."""
+    while isinstance(call, functools.partial):
+        call = call.func
+    if inspect.isclass(call):
+        return False  # constructing it is a sync call
+    # asyncio's test, not inspect's: it also sees the legacy `_is_coroutine` marker, as Starlette does.
+    if asyncio.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
+        return True
+    if inspect.isroutine(call):
+        return False
+    dunder = getattr(type(call), "__call__", None)  # noqa: B004
+    return dunder is not None and (asyncio.iscoroutinefunction(dunder) or inspect.isasyncgenfunction(dunder))
+
+
+def _is_security_scheme(call: Any) -> bool:
+    """Tell whether ``call`` is one of ``fastapi.security``'s schemes, as FastAPI wrote it (reads headers only)."""
+    dunder = getattr(type(call), "__call__", None)  # noqa: B004
+    return str(getattr(dunder, "__module__", "")).startswith("fastapi.security.")
+
+
+async def _replaying(received: deque[Message], receive: Receive) -> Message:
+    """Give a second run of the request what the first received, then ``receive`` again."""
+    if received:
+        return received.popleft()
+    return await receive()
+
+
+class _Exchange:
+    """One HTTP request's messages through the middleware: the response the app sends, what it receives.
+
+    An object with slots rather than closures: one allocation per request, not a function and its cells.
+    """
+
+    __slots__ = ("_receive", "_send", "dropped", "handle", "received", "session", "started", "unanswered")
+
+    def __init__(self, send: Send, handle: AsyncRequest, session: Session, receive: Receive | None) -> None:
+        self._send = send
+        self.handle = handle
+        self.session = session
+        #: The app's ``receive``, when what it receives is kept (:attr:`received`) for a second run.
+        self._receive = receive
+        self.received: list[Message] | None = None
+        #: The response started (its start went out), or was dropped (a misprediction: run again).
+        self.started = False
+        self.dropped = False
+        self.unanswered = False
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``: close the session as the response starts, then pass the message on."""
+        if self.dropped:
+            return
+        handle = self.handle
+        if message["type"] == "http.response.start":
+            if handle.mispredicted is not None:
+                self.dropped = True  # made without the session the app wanted: answered again instead
+                return
+            outcome = await handle.finish(self.session, True)
+            if outcome.vary or outcome.set_cookie is not None:
+                _add_headers(message, outcome)
+            self.started = True
+        await self._send(message)
+        if handle.kept is not None and message["type"] == "http.response.body" and not message.get("more_body"):
+            await handle.release_kept()  # the response is out
+
+    async def receive(self) -> Message:
+        """The app's ``receive``, keeping each message for a second run of the request."""
+        assert self._receive is not None
+        message = await self._receive()
+        if self.received is None:
+            self.received = []
+        self.received.append(message)
+        return message
 
 
 def _add_headers(message: Message, outcome: Outcome) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["SessionHooks", "failure_of", "hooks_of"]
+__all__ = ["SessionHooks", "adopt_cookie_id", "failure_of", "hooks_of"]
 
 
 class SessionHooks:
@@ -43,3 +43,13 @@ def hooks_of(s: Session) -> SessionHooks | None:
 def failure_of(s: Session) -> BaseException | None:
     """Return why ``s`` could not be loaded, or ``None``."""
     return s._state.error
+
+
+def adopt_cookie_id(s: Session, found: tuple[str, float | None]) -> None:
+    """Give ``s`` the id its request's cookie carries, as ``SessionCore.new_session`` does with ``found``.
+
+    For a session made before the cookie was read (the ASGI adapter reads it only when a deferred
+    session is first used), and only before it is loaded.
+    """
+    st = s._state
+    st.cookie_sid, st.signed_at = found
