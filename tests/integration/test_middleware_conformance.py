@@ -42,8 +42,19 @@ def client_for(adapter: str, **options: Any) -> Iterator[httpx2.Client]:
             yield client
         return
     app = make_wsgi_app(**options) if adapter == "wsgi" else make_flask_app(**options)
-    with httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://testserver") as client:
-        yield client
+    try:
+        with httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://testserver") as client:
+            yield client
+    finally:
+        # As a server's shutdown would: without it every test's connections (a pool per app) stay
+        # open until the process ends, and hundreds of apps exhaust PostgreSQL's max_connections.
+        if adapter == "wsgi":
+            app.close()
+        else:
+            state = app.extensions["sessionmw"]
+            state.sweeper.close()
+            state.driver.close()
+            state.backend.close()
 
 
 def set_cookie(response: httpx2.Response) -> str:
