@@ -37,6 +37,7 @@ from ..core.readonly import is_read_only
 from ..core.route import Predictions, Reach, Route, Usage, replayable
 from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
+from ..drivers.sweeper import AsyncSweeper
 from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, logger, unavailable_body
 
 __all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
@@ -129,6 +130,7 @@ class SessionMiddleware:
         rotate_grace: float = 5.0,
         encryption_key: str | Sequence[str] | None = None,
         max_session_bytes: int | None = 512 * 1024,
+        gc_interval: float | None = 300.0,
         error_response: ErrorResponse | None = None,
     ) -> None:
         self.app = app
@@ -150,6 +152,7 @@ class SessionMiddleware:
             return
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.driver.listeners = self.core.listeners
+        self.sweeper = AsyncSweeper(self.backend, self.settings.gc_interval)
         self.error_response: ErrorResponse = error_response or unavailable_body
         #: What each endpoint was seen doing with its session: which sessions to defer.
         self.predictions = Predictions()
@@ -262,6 +265,7 @@ class SessionMiddleware:
         finally:
             if handle.kept is not None:
                 await handle.release_kept()
+        self.sweeper.poke()  # the response is out: a due gc starts in the background
         exchange.unanswered = handle.mispredicted is not None and not exchange.started
         return exchange
 
@@ -384,6 +388,7 @@ class SessionMiddleware:
 
     async def aclose(self) -> None:
         """Close the backend's connections (for app shutdown)."""
+        await self.sweeper.aclose()
         await self.backend.aclose()
 
 
