@@ -302,8 +302,9 @@ class SessionMiddleware:
         # Not even the cookie is read until the session is used (a new one, if it names none).
         session = self.core.new_session(route, None, handle)
         handle.defer(session, not route.read_only, True)
-        entry = dict(scope)  # the scope before the app's routing changes it, to run again from
         again_ok = replayable(scope["method"])
+        # The scope before the app's routing changes it, to run the request again from.
+        entry = dict(scope) if again_ok else scope
         scope["session"] = session
         try:
             exchange = await self._serve(scope, receive, send, session, handle, again_ok)
@@ -633,7 +634,10 @@ class _Exchange:
             if handle.mispredicted is not None:
                 self.dropped = True  # made without the session the app wanted: answered again instead
                 return
-            outcome = await handle.finish(self.session, True)
+            # A session never loaded is closed without a coroutine: the common untouched case.
+            outcome = handle.finish_unloaded(self.session)
+            if outcome is None:
+                outcome = await handle.finish(self.session, True)
             if outcome.vary or outcome.set_cookie is not None:
                 _add_headers(message, outcome)
             self.started = True

@@ -321,14 +321,24 @@ class AsyncRequest(SessionHooks):
             pending, self._pending = self._pending, None
             await pending
         if not self.finished:
-            core = self.core
-            if core.holds_nothing(session):  # never loaded (deferred, or watched): no flow to run
-                self.finished = True
-                self.outcome = outcome = core.forget(session)
+            outcome = self.finish_unloaded(session)
+            if outcome is not None:
                 return outcome
             return await self._close(session, responding and self.release_after_response)
         # Closed before (release(), or a close that failed): the cookie as decided then, if at all.
         return self.core.outcome(None if self.outcome is None else self.outcome.cookie, session)
+
+    def finish_unloaded(self, session: Session) -> Outcome | None:
+        """:meth:`finish` a session that was never loaded, at once (nothing to write or release).
+
+        Returns ``None`` when the session was loaded, or was finished already: then await :meth:`finish`.
+        """
+        core = self.core
+        if self.finished or self._pending is not None or not core.holds_nothing(session):
+            return None
+        self.finished = True
+        self.outcome = outcome = core.forget(session)
+        return outcome
 
     async def _close(self, session: Session, keep_releases: bool = False) -> Outcome:
         self.finished = True

@@ -743,3 +743,18 @@ def test_an_unchanged_session_is_released_after_the_response(backend_url: Any, k
         assert seen[0][0] == "http.response.start" and not seen[0][1] and seen[0][2] != before
     finally:
         probe.close()
+
+
+def test_a_deferred_route_without_a_cookie_uses_a_new_session_on_the_loop() -> None:
+    RUNS.clear()
+    app = app_with(backend="memory://")
+    with TestClient(app) as c:
+        c.get("/touch")
+        warm(c, "/swallows")  # deferred now
+        runs = RUNS["swallows"]
+    with TestClient(app) as anonymous:
+        r = anonymous.get("/swallows", params={"use": "1"})
+        assert r.text == "n=None" and RUNS["swallows"] == runs + 1, "a new session needs no load: no second run"
+        mw = middleware_of(anonymous)
+        usage = mw._route({"type": "http", "method": "GET", "path": "/swallows", "app": anonymous.app})[1]
+        assert usage is not None and usage.used, "but the endpoint was seen using its session"
