@@ -130,6 +130,9 @@ def middleware_for(kind: str, redis_url: str, listeners: list[Any]) -> list[Midd
             backend=backend,
             key_prefix=f"b{uuid.uuid4().hex[:6]}:",
             listeners=listeners,
+            # The background gc runs once per gc_interval, not per request: in a run this short its
+            # first sweep would be counted against a few hundred requests.
+            gc_interval=None,
         )
     ]
 
