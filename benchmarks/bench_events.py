@@ -30,17 +30,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from asgi_call import call
+from servers import redis_server
 
 SETUPS = ["events off", "no-op listener", "Prometheus", "OpenTelemetry"]
 ROUTES = ["/write", "/read"]
@@ -177,34 +176,6 @@ def instructions(setup: str, backend: str, path: str, n: int, tree: str | None) 
 
 
 # -- servers and output ---------------------------------------------------------------------------
-
-
-@contextmanager
-def redis_server(url: str | None) -> Iterator[str | None]:
-    """``url``, else a private redis-server on a free loopback port, or None when none is installed."""
-    if url:
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], columns: list[str], fmt: Callable[[float], str]) -> str:
