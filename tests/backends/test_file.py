@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,3 +61,56 @@ def test_two_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
     assert b.lock_and_load(sid, new_lock_token(), 30)[0]
     a.close()
     b.close()
+
+
+def _watch_for_an_instant(path: str, seconds: float) -> threading.Thread:
+    """Hold a shared flock on ``path`` for ``seconds``, as a lock watcher does just after a release."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    t = threading.Thread(target=lambda: (time.sleep(seconds), os.close(fd)))
+    t.start()
+    return t
+
+
+def test_a_watchers_shared_flock_after_a_release_does_not_turn_a_free_lock_away(tmp_path: Path) -> None:
+    """A watcher holds the released file for an instant; a try then must not be told the lock is held."""
+    backend = FileBackend(tmp_path, key_prefix="t:")
+    sid = new_session_id()
+    backend.create(sid, Record(b"{}", created=time.time(), last_access=time.time()), None)
+    token = new_lock_token()
+    assert backend.lock_and_load(sid, token, 30)[0]
+    assert backend.release(sid, token, None)
+    path = backend._base(sid) + ".lock"
+    assert os.path.getsize(path) == 0, "a released lock file is empty"
+    watcher = _watch_for_an_instant(path, 0.001)
+    try:
+        token = new_lock_token()
+        assert backend.lock_and_load(sid, token, 30)[0], "only a watcher was in the way"
+        assert os.path.getsize(path) > 0, "the holder's stamp"
+    finally:
+        watcher.join()
+        backend.close()
+
+
+def test_a_held_lock_is_refused_at_once_even_while_watched(tmp_path: Path) -> None:
+    """The retries are for an emptied file only: a holder's stamped file is refused on the first try."""
+    a = FileBackend(tmp_path, key_prefix="t:")
+    b = FileBackend(tmp_path, key_prefix="t:")
+    sid = new_session_id()
+    assert a.lock_and_load(sid, new_lock_token(), 30)[0]
+    tries = 0
+    real = fcntl.flock
+
+    def counting(fd: int, op: int) -> None:
+        nonlocal tries
+        tries += op == fcntl.LOCK_EX | fcntl.LOCK_NB
+        real(fd, op)
+
+    fcntl.flock = counting  # type: ignore[assignment]
+    try:
+        assert b.lock_and_load(sid, new_lock_token(), 30) == (False, None)
+    finally:
+        fcntl.flock = real
+        a.close()
+        b.close()
+    assert tries == 1

@@ -25,11 +25,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[SessionEvent] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
 
     def __call__(self, event: SessionEvent) -> None:
         with self.lock:
             self.events.append(event)
+            self.lock.notify_all()
+
+    def wait_for(self, kind: str, path: str, timeout: float = 10.0) -> None:
+        """Return once an event ``kind`` of a request to ``path`` came (a holder has its lock: ``loaded``)."""
+        with self.lock:
+            came = self.lock.wait_for(lambda: any(e.kind == kind and e.path == path for e in self.events), timeout)
+        assert came, f"no {kind!r} event of {path} within {timeout} s"
 
     def kinds(self) -> list[str]:
         with self.lock:
@@ -58,6 +65,14 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     t = threading.Thread(target=lambda: out.append(fn()))
     t.start()
     return t, out
+
+
+def _holding(c: Any, rec: Recorder, seconds: float) -> threading.Thread:
+    """Start ``/slow`` in a thread and return once it holds the session's lock (not after a guessed sleep)."""
+    rec.take()
+    holder, _ = _in_thread(lambda: c.get("/slow", params={"t": str(seconds)}))
+    rec.wait_for("loaded", "/slow")
+    return holder
 
 
 def test_the_event_kinds_are_those_of_the_api() -> None:
@@ -150,16 +165,13 @@ def test_lock_wait_and_lock_timeout_are_events_with_their_seconds(
     rec = Recorder()
     with client_for(adapter, backend=backend_url, key_prefix=key_prefix, listeners=[rec], lock_timeout=0.4) as c:
         c.get("/inc")
-        holder, _ = _in_thread(lambda: c.get("/slow", params={"t": "1.2"}))
-        time.sleep(0.3)
+        holder = _holding(c, rec, 1.2)
         assert c.get("/inc").status_code == 503
         holder.join()
         (timeout,) = rec.of("lock_timeout")
         assert timeout.seconds is not None and timeout.seconds >= 0.3
         assert timeout.path == "/inc"
-        rec.take()
-        holder, _ = _in_thread(lambda: c.get("/slow", params={"t": "0.3"}))
-        time.sleep(0.1)
+        holder = _holding(c, rec, 0.15)
         waiter = c.get("/inc")
         holder.join()
         assert waiter.status_code == 200
@@ -172,8 +184,7 @@ def test_too_many_waiters_is_an_event(backend_url: str, key_prefix: str) -> None
     rec = Recorder()
     with client_for("asgi", backend=backend_url, key_prefix=key_prefix, listeners=[rec], max_waiters=0) as c:
         c.get("/inc")
-        holder, _ = _in_thread(lambda: c.get("/slow", params={"t": "0.8"}))
-        time.sleep(0.3)
+        holder = _holding(c, rec, 0.8)
         assert c.get("/inc").status_code == 503
         holder.join()
         assert len(rec.of("too_many_waiters")) == 1
@@ -186,8 +197,7 @@ def test_a_write_the_fence_drops_is_an_event(adapter: str, backend_url: str, key
     with client_for(adapter, backend=backend_url, key_prefix=key_prefix, listeners=[rec]) as c:
         c.get("/inc")
         handle = handle_of(sid_of(c.cookies["session"]))
-        holder, _ = _in_thread(lambda: c.get("/slow", params={"t": "0.8"}))
-        time.sleep(0.3)
+        holder = _holding(c, rec, 0.8)
         store = open_backend(backend_url, key_prefix=key_prefix)
         store.delete(handle)  # ended elsewhere (an administrator) while the request runs
         store.close()

@@ -10,6 +10,11 @@ for that waiter's try of the lock before it watches again (else, the lock being 
 it would wake them all). A free lock wakes a waiter at once, so a release just before the waiter
 queued is not missed. The watcher ends a second after its last waiter left. A holder stuck past its
 deadline keeps a watcher blocked on the old file after the lock was broken: the waiters then poll.
+
+A watcher's shared ``flock`` holds the file for an instant after the holder let go (until the watcher's
+thread gets the GIL back and closes it), and a try in that instant fails. A holder empties the file
+as it lets go, so a try that fails on an empty file knows only a watcher (or a holder about to write
+its stamp) is in the way, and tries again a few times within a few milliseconds before it waits.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ import time
 from ..wakeups import Wakeups
 from .files import Files
 
-__all__ = ["HANDOFF_GRACE", "WATCH_LINGER", "Locks"]
+__all__ = ["HANDOFF_GRACE", "WATCHER_PAUSES", "WATCH_LINGER", "Locks"]
 
 #: Seconds a watcher waits, after waking a waiter, for its try of the lock before watching again.
 HANDOFF_GRACE = 0.05
 
 #: Seconds a watcher thread stays after its last waiter left, for the next one.
 WATCH_LINGER = 1.0
+
+#: Pauses (seconds) before each new try of a lock file that failed while the file was empty.
+WATCHER_PAUSES = (0.0, 0.0005, 0.001, 0.002)
 
 
 class _Watching:
@@ -177,13 +185,9 @@ class Locks(Files):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as exc:
             raise self._fail(exc, "open a lock file") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        if not self._flock_nb(fd):
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return None
-            raise self._fail(exc, "lock a session") from exc
+            return None
         try:
             # The path may have been moved aside between open() and flock(): then this is not the lock.
             if os.fstat(fd).st_ino != os.stat(path).st_ino:
@@ -196,6 +200,25 @@ class Locks(Files):
             os.close(fd)
             return None
         return fd
+
+    def _flock_nb(self, fd: int) -> bool:
+        """Take the exclusive ``flock`` of ``fd`` without waiting for a holder; ``False`` if it is held."""
+        for pause in (*WATCHER_PAUSES, None):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise self._fail(exc, "lock a session") from exc
+            try:
+                stamped = os.fstat(fd).st_size > 0
+            except OSError:
+                stamped = True
+            if pause is None or stamped:  # a holder's stamp: it is held, for real
+                return False
+            time.sleep(pause)  # emptied by its last holder: a watcher's shared flock, for an instant
+        return False
 
     def _break_if_stale(self, path: str) -> bool:
         """Move a lock file aside if its holder is past its deadline; return whether it did."""
@@ -234,6 +257,8 @@ class Locks(Files):
             ours = os.fstat(fd).st_ino == os.stat(base + ".lock").st_ino
             if ours and not os.path.exists(base + ".session"):
                 os.unlink(base + ".lock")  # no session left: do not leave lock files behind
+            elif ours:
+                os.ftruncate(fd, 0)  # let go: a try that fails on an empty file meets only a watcher
         except OSError:
             pass
         finally:
