@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -31,6 +32,28 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from sessionmw import ReadOnlySessionError, SessionMiddleware, WSGISessionMiddleware, options_from_config, read_only
+
+
+class _Entries:
+    """Counts the requests that entered ``/slow`` (so hold their session's lock), for tests to wait on."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+
+    def enter(self) -> None:
+        with self.cond:
+            self.count += 1
+            self.cond.notify_all()
+
+    def past(self, seen: int, timeout: float = 15.0) -> None:
+        """Return once more than ``seen`` requests entered ``/slow`` (in this process)."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.count > seen, timeout), "no request entered /slow"
+
+
+#: In-process tests wait on this instead of guessing how long a holder takes to get its lock.
+SLOW_ENTERED = _Entries()
 
 
 def _state(session: Any) -> dict[str, Any]:
@@ -77,6 +100,7 @@ async def s_login(request: Request) -> JSONResponse:
 def s_slow(request: Request) -> JSONResponse:
     # A sync endpoint: Starlette runs it in a worker thread, so sleeping does not block the loop.
     request.session["n"] = request.session.get("n", 0) + 1
+    SLOW_ENTERED.enter()
     time.sleep(float(request.query_params.get("t", "1")))
     return JSONResponse({"n": request.session["n"]})
 
@@ -150,6 +174,7 @@ def _wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         body = _state(session)
     elif path == "/slow":
         session["n"] = session.get("n", 0) + 1
+        SLOW_ENTERED.enter()
         time.sleep(float(query.get("t", "1")))
         body = {"n": session["n"]}
     elif path == "/ro-write":
@@ -237,6 +262,7 @@ def make_flask_app(**options: Any) -> Any:
     @app.route("/slow")
     def slow() -> Any:
         s["n"] = s.get("n", 0) + 1
+        SLOW_ENTERED.enter()
         time.sleep(float(request.args.get("t", "1")))
         return jsonify(n=s["n"])
 

@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from sessionmw import Session, SessionError, SessionMiddleware, load_session, read_only
 
-from ..apps import STARLETTE_ROUTES
+from ..apps import SLOW_ENTERED, STARLETTE_ROUTES
 from ..conftest import free_port
 
 SECRET = "lazy-secret"
@@ -80,9 +80,10 @@ def lazy_app(**options: Any) -> Starlette:
 
 def _holding_the_lock(c: TestClient, seconds: float) -> threading.Thread:
     """Start a request that holds the session's lock for ``seconds`` (the eager /slow route)."""
+    seen = SLOW_ENTERED.count
     t = threading.Thread(target=lambda: c.get("/slow", params={"t": str(seconds)}))
     t.start()
-    time.sleep(0.3)
+    SLOW_ENTERED.past(seen)
     return t
 
 

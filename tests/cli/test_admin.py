@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from sessionmw import SessionStore
 from sessionmw.core.handles import handle_of
 
-from ..apps import make_starlette_app
+from ..apps import SLOW_ENTERED, make_starlette_app
 from ..conftest import BACKENDS, REDIS_TOPOLOGIES, TIERED, backend_url_for
 from ..integration.test_middleware_conformance import SECRET, client_for, put_cookie, sid_of
 
@@ -98,9 +98,10 @@ def test_terminated_session_is_gone_for_a_request_waiting_on_its_lock(backend_ur
         SessionStore(backend_url, key_prefix=key_prefix) as store,
     ):
         sid = login(c, "carol")
+        seen = SLOW_ENTERED.count
         holder = threading.Thread(target=lambda: c.get("/slow", params={"t": "1"}))
         holder.start()
-        time.sleep(0.3)
+        SLOW_ENTERED.past(seen)
         out: list[Any] = []
         waiter = threading.Thread(target=lambda: out.append(c.get("/id")))
         waiter.start()

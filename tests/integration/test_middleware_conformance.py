@@ -27,7 +27,7 @@ from sessionmw.core.cookies import IdSigner
 from sessionmw.core.handles import handle_of
 from sessionmw.core.locking import new_lock_token
 
-from ..apps import STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
+from ..apps import SLOW_ENTERED, STARLETTE_ROUTES, make_flask_app, make_starlette_app, make_wsgi_app
 
 ADAPTERS = ["asgi", "wsgi", "flask"]
 SECRET = "test-secret"
@@ -318,12 +318,19 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return t, out
 
 
+def holding(c: Any, seconds: float) -> tuple[threading.Thread, list[Any]]:
+    """Start ``/slow`` in a thread; return once it holds the session's lock (not after a guessed sleep)."""
+    seen = SLOW_ENTERED.count
+    started = _in_thread(lambda: c.get("/slow", params={"t": str(seconds)}))
+    SLOW_ENTERED.past(seen)
+    return started
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_lock_timeout_gives_503_with_retry_after(adapter: str, backend_url: str, key_prefix: str) -> None:
     with client_for(adapter, backend=backend_url, key_prefix=key_prefix, lock_timeout=0.5) as c:
         c.get("/inc")
-        t, out = _in_thread(lambda: c.get("/slow", params={"t": "2"}))
-        time.sleep(0.5)
+        t, out = holding(c, 2)
         started = time.monotonic()
         r = c.get("/inc")
         waited = time.monotonic() - started
@@ -340,8 +347,7 @@ def test_lock_timeout_gives_503_with_retry_after(adapter: str, backend_url: str,
 def test_read_only_route_answers_while_the_lock_is_held(backend_url: str, key_prefix: str) -> None:
     with client_for("asgi", backend=backend_url, key_prefix=key_prefix, lock_timeout=0.3) as c:
         c.get("/inc")
-        t, _ = _in_thread(lambda: c.get("/slow", params={"t": "1.5"}))
-        time.sleep(0.4)
+        t, _ = holding(c, 1.5)
         r = c.get("/view")
         assert r.status_code == 200 and r.json()["session"] == {"n": 1}
         t.join()
@@ -364,8 +370,7 @@ def test_a_dead_holders_lock_is_broken_after_lock_expire(adapter: str, backend_u
 def test_max_waiters_fails_fast(backend_url: str, key_prefix: str) -> None:
     with client_for("asgi", backend=backend_url, key_prefix=key_prefix, lock_timeout=5, max_waiters=1) as c:
         c.get("/inc")
-        holder, _ = _in_thread(lambda: c.get("/slow", params={"t": "1.5"}))
-        time.sleep(0.3)
+        holder, _ = holding(c, 1.5)
         waiter, waited = _in_thread(lambda: c.get("/inc"))
         time.sleep(0.3)
         started = time.monotonic()
