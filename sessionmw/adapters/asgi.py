@@ -7,64 +7,44 @@ back and release when ``http.response.start`` goes out, and release in a ``final
 fails.
 
 An endpoint that leaves its session untouched gets it deferred: not loaded, not locked
-(docs/untouched-routes.md). This module finds where an endpoint can reach its session (its FastAPI
-dependencies, sync or async), tells the core's :class:`~sessionmw.core.route.Predictions` what each
-request did, and answers a misprediction: the request runs again with its session loaded (a safe
-method) or gets a 503.
+(docs/untouched-routes.md). :mod:`.asgi_endpoints` finds where an endpoint can reach its session
+(its FastAPI dependencies, sync or async); this module tells the core's
+:class:`~sessionmw.core.route.Predictions` what each request did, and answers a misprediction: the
+request runs again with its session loaded (a safe method) or gets a 503 (:mod:`.asgi_exchange`
+carries the messages).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import inspect
 import sys
 from collections import deque
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Literal
 
-from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import AsyncBackend, Backend, open_async_backend
 from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
-from ..core.errors import BackendUnavailable, ConfigError, SessionError, SessionUnavailable
-from ..core.hooks import failure_of, hooks_of
-from ..core.policy import Outcome, SessionCore
+from ..core.errors import BackendUnavailable, ConfigError, SessionUnavailable
+from ..core.hooks import failure_of
+from ..core.policy import SessionCore
 from ..core.readonly import is_read_only
-from ..core.route import Predictions, Reach, Route, Usage, replayable
+from ..core.route import Predictions, Route, Usage, replayable
 from ..core.session import Session
 from ..drivers.aio import AsyncDriver, AsyncRequest
 from ..drivers.sweeper import AsyncSweeper
-from .common import ErrorResponse, add_vary_cookie, backend_spec, bound_failover_wait, logger, unavailable_body
+from .asgi_endpoints import STATIC, find_route, find_starlette_endpoint, load_session, reach_of
+from .asgi_exchange import Exchange, replaying
+from .common import ErrorResponse, backend_spec, bound_failover_wait, logger, unavailable_body
 
 __all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
 
 #: How many (type, method, path) triples the route lookup remembers.
 ROUTE_CACHE_SIZE = 4096
-#: Returned by :func:`find_starlette_endpoint` for a mount of static files: no session at all.
-STATIC = object()
-
-
-async def load_session(request: HTTPConnection) -> Session:
-    """Return the request's session, loading it now on a route in ``lazy_paths``.
-
-    Also a FastAPI dependency: ``session: Session = Depends(load_session)``. It takes the lock unless
-    the route is read-only. Elsewhere the session is loaded already and is returned as it is. Raises
-    :class:`~sessionmw.SessionUnavailable` when it cannot be had (the middleware answers 503).
-    """
-    session = request.scope.get("session")
-    if not isinstance(session, Session):
-        raise SessionError("load_session() needs sessionmw's SessionMiddleware in front of the app")
-    handle = hooks_of(session)
-    if isinstance(handle, AsyncRequest):
-        await handle.aload(session)
-    error = failure_of(session)
-    if error is not None:
-        raise error
-    return session
 
 
 _KEYWORDS = (*OPTION_NAMES, "app", "error_response")
@@ -170,7 +150,7 @@ class SessionMiddleware:
             app = scope.get("app")
             leaf, endpoint = (None, None)
             if app is not None and not rules.excluded(path):
-                leaf, endpoint = _find_route(app, scope)
+                leaf, endpoint = find_route(app, scope)
             route = rules.decide(
                 path,
                 marked=endpoint is not None and endpoint is not STATIC and is_read_only(endpoint),
@@ -231,15 +211,15 @@ class SessionMiddleware:
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, session: Session, handle: AsyncRequest, record: bool = False
-    ) -> _Exchange:
+    ) -> Exchange:
         """Run the app for an HTTP request; close the session when the response starts.
 
         :param record: keep what the app receives, for a second run of the request.
-        Returns the request's :class:`_Exchange`; its ``unanswered`` is True when a misprediction
+        Returns the request's :class:`Exchange`; its ``unanswered`` is True when a misprediction
         (:attr:`AsyncRequest.mispredicted`) left the request unanswered: the app's own response, if
         it made one, was not sent.
         """
-        exchange = _Exchange(send, handle, session, receive if record else None)
+        exchange = Exchange(send, handle, session, receive if record else None)
         try:
             await self.app(scope, exchange.receive if record else receive, exchange.send)
         except SessionUnavailable as exc:
@@ -336,7 +316,7 @@ class SessionMiddleware:
                 self.core.fail_later(session, exc)
         scope["session"] = session
         try:
-            await self._serve(scope, functools.partial(_replaying, deque(received), receive), send, session, again)
+            await self._serve(scope, functools.partial(replaying, deque(received), receive), send, session, again)
         finally:
             again.detach()
 
@@ -469,198 +449,3 @@ def _built_by_starlette(frame: FrameType | None) -> bool:
         )
     finally:
         del frame  # a frame held in a local keeps its whole stack alive
-
-
-def find_starlette_endpoint(app: Any, scope: MutableMapping[str, Any]) -> Any:
-    """Return the endpoint Starlette's router would call for ``scope``, :data:`STATIC`, or ``None``.
-
-    The middleware runs before routing, so it matches the routes itself (``route.matches``).
-    """
-    return _find_route(app, scope)[1]
-
-
-def _find_route(app: Any, scope: MutableMapping[str, Any]) -> tuple[Any, Any]:
-    """Return the route Starlette's router would choose for ``scope`` and its endpoint, or ``(None, None)``."""
-    router = getattr(app, "router", None)
-    routes = getattr(router, "routes", None) if router is not None else getattr(app, "routes", None)
-    if routes is None:
-        return None, None
-    try:
-        from starlette.routing import Match
-    except ImportError:  # pragma: no cover - starlette is a dependency
-        return None, None
-    return _match(routes, scope, Match.FULL)
-
-
-def _match(routes: Any, scope: MutableMapping[str, Any], full: Any) -> tuple[Any, Any]:
-    for route in routes:
-        try:
-            match, child = route.matches(scope)
-        except Exception:  # a custom route that cannot match this scope
-            continue
-        if match != full:
-            continue
-        endpoint = child.get("endpoint")
-        if type(endpoint).__name__ == "StaticFiles":
-            return route, STATIC
-        sub_routes = getattr(route, "routes", None)  # a Mount of a router or an app with routes
-        if sub_routes:
-            return _match(sub_routes, {**scope, **child}, full)
-        return route, endpoint
-    return None, None
-
-
-def reach_of(route: Any, endpoint: Any, method: str) -> Reach | None:
-    """Tell where the code behind a Starlette or FastAPI route can reach the request's session.
-
-    ``None`` when it cannot be told (the session of such a route is never deferred).
-    """
-    if endpoint is None or endpoint is STATIC:
-        return None
-    dependant = getattr(route, "dependant", None)
-    if dependant is not None and hasattr(dependant, "dependencies"):
-        return _fastapi_reach(dependant)
-    from starlette.endpoints import HTTPEndpoint
-
-    if inspect.isclass(endpoint):
-        if not issubclass(endpoint, HTTPEndpoint):
-            return "loop"  # an ASGI application class: it runs on the loop
-        # HTTPEndpoint.dispatch: HEAD is served by `get` unless there is a `head`, a sync handler in a thread.
-        name = "get" if method == "HEAD" and not hasattr(endpoint, "head") else method.lower()
-        handler = getattr(endpoint, name, None)
-        return "loop" if handler is None or _is_async(handler) else "thread"
-    if inspect.isfunction(endpoint) or inspect.ismethod(endpoint):
-        # starlette.routing.request_response: a sync function endpoint runs in a worker thread.
-        return "loop" if _is_async(endpoint) else "thread"
-    return "loop"  # any other ASGI application
-
-
-def _fastapi_reach(root: Any) -> Reach:
-    """Where a FastAPI route's endpoint and dependencies can reach the session.
-
-    A parameter of type ``Request``, ``HTTPConnection`` or ``WebSocket`` reaches it; a dependency on
-    :func:`load_session` loads it, and since FastAPI calls the endpoint after every dependency, an
-    endpoint taking the request then finds its session loaded. The schemes of ``fastapi.security``
-    take the request only to read its headers. FastAPI calls a sync dependency or endpoint in a
-    worker thread.
-    """
-    loads = False
-    endpoint: Reach | None = None
-    dependencies: set[Reach] = set()
-    stack = [(root, True)]
-    seen: set[int] = set()
-    while stack:
-        dependant, is_endpoint = stack.pop()
-        if id(dependant) in seen:
-            continue
-        seen.add(id(dependant))
-        call = dependant.call
-        if call is load_session:
-            loads = True
-            continue
-        takes_request = (
-            dependant.request_param_name or dependant.websocket_param_name or dependant.http_connection_param_name
-        )
-        if takes_request and not _is_security_scheme(call):
-            where: Reach = "loop" if _is_async(call) else "thread"
-            if is_endpoint:
-                endpoint = where
-            else:
-                dependencies.add(where)
-        stack.extend((d, False) for d in dependant.dependencies)
-    if endpoint is not None and not loads:
-        dependencies.add(endpoint)
-    if "loop" in dependencies:
-        return "loop"
-    if "thread" in dependencies:
-        return "thread"
-    return "loads" if loads else "none"
-
-
-def _is_async(call: Any) -> bool:
-    """Tell whether Starlette or FastAPI runs ``call`` on the event loop (else in a worker thread)."""
-    while isinstance(call, functools.partial):
-        call = call.func
-    if inspect.isclass(call):
-        return False  # constructing it is a sync call
-    # asyncio's test, not inspect's: it also sees the legacy `_is_coroutine` marker, as Starlette does.
-    if asyncio.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
-        return True
-    if inspect.isroutine(call):
-        return False
-    dunder = getattr(type(call), "__call__", None)  # noqa: B004
-    return dunder is not None and (asyncio.iscoroutinefunction(dunder) or inspect.isasyncgenfunction(dunder))
-
-
-def _is_security_scheme(call: Any) -> bool:
-    """Tell whether ``call`` is one of ``fastapi.security``'s schemes, as FastAPI wrote it (reads headers only)."""
-    dunder = getattr(type(call), "__call__", None)  # noqa: B004
-    return str(getattr(dunder, "__module__", "")).startswith("fastapi.security.")
-
-
-async def _replaying(received: deque[Message], receive: Receive) -> Message:
-    """Give a second run of the request what the first received, then ``receive`` again."""
-    if received:
-        return received.popleft()
-    return await receive()
-
-
-class _Exchange:
-    """One HTTP request's messages through the middleware: the response the app sends, what it receives.
-
-    An object with slots rather than closures: one allocation per request, not a function and its cells.
-    """
-
-    __slots__ = ("_receive", "_send", "dropped", "handle", "received", "session", "started", "unanswered")
-
-    def __init__(self, send: Send, handle: AsyncRequest, session: Session, receive: Receive | None) -> None:
-        self._send = send
-        self.handle = handle
-        self.session = session
-        #: The app's ``receive``, when what it receives is kept (:attr:`received`) for a second run.
-        self._receive = receive
-        self.received: list[Message] | None = None
-        #: The response started (its start went out), or was dropped (a misprediction: run again).
-        self.started = False
-        self.dropped = False
-        self.unanswered = False
-
-    async def send(self, message: Message) -> None:
-        """The app's ``send``: close the session as the response starts, then pass the message on."""
-        if self.dropped:
-            return
-        handle = self.handle
-        if message["type"] == "http.response.start":
-            if handle.mispredicted is not None:
-                self.dropped = True  # made without the session the app wanted: answered again instead
-                return
-            # A session never loaded is closed without a coroutine: the common untouched case.
-            outcome = handle.finish_unloaded(self.session)
-            if outcome is None:
-                outcome = await handle.finish(self.session, True)
-            if outcome.vary or outcome.set_cookie is not None:
-                _add_headers(message, outcome)
-            self.started = True
-        await self._send(message)
-        if handle.kept is not None and message["type"] == "http.response.body" and not message.get("more_body"):
-            await handle.release_kept()  # the response is out
-
-    async def receive(self) -> Message:
-        """The app's ``receive``, keeping each message for a second run of the request."""
-        assert self._receive is not None
-        message = await self._receive()
-        if self.received is None:
-            self.received = []
-        self.received.append(message)
-        return message
-
-
-def _add_headers(message: Message, outcome: Outcome) -> None:
-    """Copy the core's outcome into an ``http.response.start`` message: Vary, then Set-Cookie."""
-    headers = message.get("headers")
-    if type(headers) is not list:
-        headers = message["headers"] = list(headers or ())
-    if outcome.vary:
-        add_vary_cookie(headers, b"vary", b"Cookie", b", ", b"*")
-    if outcome.set_cookie is not None:
-        headers.append((b"set-cookie", outcome.set_cookie.encode("latin-1")))

@@ -9,23 +9,26 @@ from typing import Any
 
 import pytest
 
+from ..apps import SLOW_ENTERED
 from ..integration.test_middleware_conformance import ADAPTERS, client_for
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_request_longer_than_lock_expire_keeps_its_lock(adapter: str) -> None:
     backend = f"memory://renewal-{uuid.uuid4().hex[:8]}"
-    with client_for(adapter, backend=backend, lock_expire=0.6, lock_timeout=10) as c:
+    with client_for(adapter, backend=backend, lock_expire=1.2, lock_timeout=10) as c:
         c.get("/inc")
         slow: dict[str, Any] = {}
 
         def hold() -> None:
-            slow["response"] = c.get("/slow", params={"t": "2.0"})
+            slow["response"] = c.get("/slow", params={"t": "3.0"})
             slow["done"] = time.monotonic()
 
+        seen = SLOW_ENTERED.count
         holder = threading.Thread(target=hold)
         holder.start()
-        time.sleep(0.9)  # past lock_expire: without renewal, the next request would take the lock now
+        SLOW_ENTERED.past(seen)
+        time.sleep(1.5)  # past lock_expire: without renewal, the next request would take the lock now
         r = c.get("/inc")
         finished = time.monotonic()
         holder.join()
