@@ -145,6 +145,20 @@ class MemoryBackend:
         self._s.wakeups.wake(key)
         return saved
 
+    def save_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+        """Append ``tail`` to the data and store ``head``'s metadata, releasing the lock, if ``token`` holds it."""
+        key = self.key_prefix + sid
+        now = time.monotonic()
+        with self._s.mutex:
+            if not self._holds(key, token, now):
+                return False
+            del self._s.locks[key]
+            old = self._live(key, now)  # None: ended meanwhile, never resurrected
+            if old is not None:
+                self._put(key, head._replace(data=old.data + tail), ttl, now)
+        self._s.wakeups.wake(key)
+        return old is not None
+
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, touching the record first."""
         key = self.key_prefix + sid
@@ -278,6 +292,10 @@ class MemoryBackend:
     async def asave(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """See :meth:`save`."""
         return self.save(sid, record, token, ttl)
+
+    async def asave_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+        """See :meth:`save_tail`."""
+        return self.save_tail(sid, head, tail, token, ttl)
 
     async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
         """See :meth:`release`."""

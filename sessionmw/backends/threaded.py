@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from anyio import to_thread
 
+from .appending import AppendsTail
 from .base import AwaitsRelease, Backend, Record, Touch, WaitsForFailover
 
 __all__ = ["ThreadedAsyncBackend"]
@@ -23,6 +24,8 @@ class ThreadedAsyncBackend:
         self.name = backend.name
         if isinstance(backend, AwaitsRelease):
             self.await_released = backend.await_released
+        if isinstance(backend, AppendsTail):
+            self.asave_tail = self._asave_tail
 
     def cap_failover_wait(self, lock_timeout: float) -> None:
         """Pass the bound on failover waits to the wrapped backend, when it waits for failovers."""
@@ -44,6 +47,12 @@ class ThreadedAsyncBackend:
     async def asave(self, sid: str, record: Record, token: str, ttl: float | None) -> bool:
         """See :meth:`Backend.save`."""
         return await to_thread.run_sync(self.sync.save, sid, record, token, ttl)
+
+    async def _asave_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+        """See :meth:`AppendsTail.save_tail` (offered as ``asave_tail`` when the wrapped backend has it)."""
+        sync = self.sync
+        assert isinstance(sync, AppendsTail)
+        return await to_thread.run_sync(sync.save_tail, sid, head, tail, token, ttl)
 
     async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
         """See :meth:`Backend.release`."""

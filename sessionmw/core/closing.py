@@ -34,7 +34,9 @@ new session and gets its cookie. ``regenerate()`` and ``bind_user()`` delete the
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Generator
+from datetime import date, datetime
 from typing import Any
 
 from ..backends.base import Record
@@ -45,8 +47,9 @@ from .events import emit, tell_unavailable
 from .handles import handle_of
 from .lifetime import Lifetime
 from .limits import near_limit_message, too_large, warn_size
-from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, UserSessions
+from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, SaveTail, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
+from .patches import JSON_SERIALIZERS, compacts, frame, measure, merge
 from .serializers import Serializer
 from .session import Session
 from .state import RequestState
@@ -58,6 +61,8 @@ CREATE_ATTEMPTS = 3
 _WRITTEN = "the session was already written back (release() or response start)"
 _RELEASED = "the session was released; changes after release() are not saved"
 _FAILED = "the request failed; its session changes were not saved"
+#: Value types that cannot change in place: a key holding one changed only if it was set.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, datetime, date, uuid.UUID})
 
 
 class Closing:
@@ -69,6 +74,9 @@ class Closing:
     lifetime: Lifetime
     at_rest: AtRest
     listening: bool
+    #: Write a changed session as a tail of its changed keys where it can (:mod:`.patches`); set
+    #: false when the backend turns out to have no such primitive, or to write whole records always.
+    tails: bool = True
 
     def outcome(self, action: CookieAction | None, s: Session) -> Outcome:
         """Return what the response carries for the cookie ``action`` and the session's use so far."""
@@ -197,12 +205,20 @@ class Closing:
             yield Delete(key)  # then close() releases the lock
             return CookieAction("delete")
         data = s._data()
-        new, ttl = lifetime.record(st, self.serializer.dumps(data), now, req)
-        since = st.since if st.since is not None else rec.created
-        new = yield from self._sealed(s, data, new, key, since, req)
         if token is None:  # pragma: no cover - a stored, writable session always holds its lock
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
-        saved = yield from Save(key, new, token, ttl)
+        saved: bool | None = None
+        tail = self._tail(s, data, rec, key) if self.tails else None
+        if tail is not None:
+            head, ttl = lifetime.record(st, b"", now, req)
+            saved = yield from SaveTail(key, head, tail, token, ttl)
+            if saved is None:
+                self.tails = False  # the backend has no such primitive: whole records from now on
+        if saved is None:
+            new, ttl = lifetime.record(st, self.serializer.dumps(data), now, req)
+            since = st.since if st.since is not None else rec.created
+            new = yield from self._sealed(s, data, new, key, since, req)
+            saved = yield from Save(key, new, token, ttl)
         st.token = None  # released by the save, or found lost (if it raised, close() releases)
         if not saved and self.listening:
             yield emit("write_dropped", req.path, key, st.user_id)
@@ -215,6 +231,55 @@ class Closing:
                 req.path or "?",
             )
         return self._refresh(sid, st, now, signer)
+
+    def _tail(self, s: Session, data: dict[str, Any], rec: Record, key: str) -> bytes | None:
+        """Return the frame holding what changed in ``s`` since ``rec`` was loaded, or ``None`` to write it whole.
+
+        Whole, not a tail: with encryption at rest (it seals the whole data) or another serializer
+        than the built-in JSON ones, when the user changed, when the stored data cannot be measured,
+        when the tail would call for compaction (:func:`.patches.compacts`), and within a quarter of
+        ``max_session_bytes`` (the whole write checks the limit and warns). A changed key is one
+        set or removed in this request, or one whose value is mutable and serializes otherwise
+        than it did when loaded (an in-place change of a nested value).
+        """
+        serializer = self.serializer
+        st = s._state
+        if self.at_rest.cipher is not None or type(serializer) not in JSON_SERIALIZERS or st.user_id != rec.user_id:
+            return None
+        payload = self.at_rest.open(rec, key).payload
+        if payload is None:
+            return None
+        try:
+            stored = measure(payload)
+        except ValueError:
+            return None
+        changed = s._changed
+        keys: list[str] = []
+        suspects: list[str] = []
+        for k, v in data.items():
+            if type(k) is not str:
+                return None  # its name in the changed set is str(k): write it whole
+            if k in changed:
+                keys.append(k)
+            elif type(v) not in _IMMUTABLE:
+                suspects.append(k)
+        if suspects:
+            try:
+                loaded = merge(payload, serializer.loads)
+            except Exception:
+                return None
+            dumps = serializer.dumps
+            for k in suspects:
+                if k not in loaded or dumps({k: data[k]}) != dumps({k: loaded[k]}):
+                    keys.append(k)
+        removed = [k for k in changed if k not in data]
+        tail = frame(removed, serializer.dumps({k: data[k] for k in keys}))
+        if compacts(stored, len(tail)):
+            return None
+        limit = self.settings.max_session_bytes
+        if limit is not None and len(rec.data) + len(tail) > limit * 0.75:
+            return None
+        return tail
 
     def _rotate(
         self,

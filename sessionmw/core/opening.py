@@ -21,6 +21,7 @@ from .lifetime import Lifetime
 from .locking import new_lock_token, wait_delays
 from .ops import Create, Delete, Load, LockAndLoad, Log, Op, Queue, Release, Sleep
 from .outcome import NO_REQUEST, RequestFacts
+from .patches import JSON_SERIALIZERS, merge
 from .route import Route
 from .serializers import Serializer
 from .session import Session
@@ -314,8 +315,11 @@ class Opening:
         s._fill(data if data is not None else {})
 
     def _loads(self, raw: bytes) -> dict[str, Any] | None:
+        serializer = self.serializer
         try:
-            return self.serializer.loads(raw)
+            if type(serializer) in JSON_SERIALIZERS:
+                return merge(raw, serializer.loads)  # a base and the frames of changes after it (.patches)
+            return serializer.loads(raw)
         except Exception:
             return None
 

@@ -39,6 +39,7 @@ __all__ = [
     "Queue",
     "Release",
     "Save",
+    "SaveTail",
     "Sleep",
     "Refresh",
     "UserSessions",
@@ -169,6 +170,46 @@ class Save(BackendOp[bool]):
     def arun(self, backend: AsyncBackend) -> Awaitable[bool]:
         """See :meth:`AsyncBackend.asave`."""
         return backend.asave(self.sid, self.record, self.token, self.ttl)
+
+
+class SaveTail(BackendOp["bool | None"]):
+    """Append ``tail`` to the stored data and rewrite its metadata as ``head``, fenced as :class:`Save`.
+
+    The optional primitive of :class:`~sessionmw.backends.appending.AppendsTail`. Its result is
+    ``None`` when the backend does not offer it: nothing was done and the lock is still held (the
+    core then writes the whole record with :class:`Save`).
+    """
+
+    __slots__ = ("head", "tail", "token", "ttl")
+    frees = True
+    wakes = True
+
+    def __init__(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> None:
+        self.sid = sid
+        self.head = head
+        self.tail = tail
+        self.token = token
+        self.ttl = ttl
+
+    def run(self, backend: Backend) -> bool | None:
+        """See :meth:`AppendsTail.save_tail`; ``None`` when ``backend`` has no such primitive."""
+        fn = getattr(backend, "save_tail", None)
+        if fn is None:
+            return None
+        saved: bool = fn(self.sid, self.head, self.tail, self.token, self.ttl)
+        return saved
+
+    def arun(self, backend: AsyncBackend) -> Awaitable[bool | None]:
+        """See :meth:`AsyncAppendsTail.asave_tail`; ``None`` when ``backend`` has no such primitive."""
+        fn = getattr(backend, "asave_tail", None)
+        if fn is None:
+            return _none()
+        saved: Awaitable[bool] = fn(self.sid, self.head, self.tail, self.token, self.ttl)
+        return saved
+
+
+async def _none() -> None:
+    return None
 
 
 class Release(BackendOp[bool]):

@@ -92,6 +92,21 @@ class FileBackend(Locks):
             self._unlock(base, token)
         return True
 
+    def save_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+        """Append ``tail`` and store ``head``'s metadata, releasing the lock, if ``token`` holds it.
+
+        See :meth:`.files.Files._append_tail` for the ``.head`` file and what a crash leaves.
+        """
+        base = self._base(sid)
+        if not self._holds(base, token) or not os.path.exists(base + ".session"):
+            self._unlock(base, token)  # lost, or ended meanwhile: never resurrected
+            return False
+        try:
+            self._append_tail(base, head, tail, ttl)
+        finally:
+            self._unlock(base, token)
+        return True
+
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, writing last access first when ``touch`` is given."""
         base = self._base(sid)
@@ -132,7 +147,7 @@ class FileBackend(Locks):
         old = self._read_record(base)
         if old is not None:
             self._unindex(sid, old.user_id)
-        for suffix in (".session", ".touch"):
+        for suffix in (".session", ".touch", ".head"):
             try:
                 os.unlink(base + suffix)
             except FileNotFoundError:

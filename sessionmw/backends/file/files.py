@@ -35,6 +35,7 @@ import time
 from collections.abc import Generator
 from contextlib import closing
 from pathlib import Path
+from typing import NamedTuple
 
 from ...core.errors import BackendUnavailable, ConfigError
 from ..base import Record, Touch, decode_record, encode_record
@@ -72,6 +73,17 @@ def require_directory(directory: Path) -> None:
     raise ConfigError(f"file backend: {directory} {what} (the middleware creates it when it starts)", option="backend")
 
 
+class Head(NamedTuple):
+    """A ``.head`` file: the metadata of a session written as a tail, and how much of its file is committed."""
+
+    #: The TTL deadline (wall-clock seconds), or ``None``.
+    deadline: float | None
+    #: Bytes of the ``.session`` file that are committed: what follows is an unfinished tail.
+    length: int
+    #: The metadata line and its newline (:func:`~sessionmw.backends.base.encode_record` of the metadata).
+    meta: bytes
+
+
 class Files:
     """The files of :class:`~sessionmw.backends.file.FileBackend`'s sessions."""
 
@@ -88,15 +100,22 @@ class Files:
     def _read_record(self, base: str) -> Record | None:
         try:
             with open(base + ".session", "rb") as f:
+                # The .head first: a tail appended after it was read lies past its committed length.
+                tailed = self._read_head(base, os.fstat(f.fileno()).st_ino)
                 blob = f.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise self._fail(exc, "read a session") from exc
+        if tailed is not None:
+            blob = blob[: tailed.length]  # bytes after it: a tail whose write did not finish
         head, _, body = blob.partition(b"\n")
         try:
             deadline = float(head) if head and head != b"-" else None
             record = decode_record(body)
+            if tailed is not None:
+                deadline = tailed.deadline
+                record = decode_record(tailed.meta)._replace(data=record.data)
         except ValueError:
             return None
         if deadline is not None and deadline <= time.time():
@@ -154,6 +173,71 @@ class Files:
         deadline = b"-" if ttl is None else repr(time.time() + ttl).encode()
         self._index(sid, record.user_id)
         self._write_atomic(base + ".session", deadline + b"\n" + encode_record(record))
+        for suffix in (".head", ".touch"):  # a .head left by a crash here names the old file: ignored
+            try:
+                os.unlink(base + suffix)
+            except FileNotFoundError:
+                pass
+
+    # -- tails ---------------------------------------------------------------------------------
+
+    def _read_head(self, base: str, ino: int) -> Head | None:
+        """Return the ``.head`` of the ``.session`` file whose inode is ``ino``, or ``None``.
+
+        A ``.head`` written for another file (the session was written whole since) is ignored.
+        """
+        try:
+            with open(base + ".head", "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return None
+        first, _, meta = blob.partition(b"\n")
+        try:
+            deadline, length, of = first.split(b" ")
+            if int(of) != ino:
+                return None
+            return Head(None if deadline == b"-" else float(deadline), int(length), meta)
+        except ValueError:
+            return None
+
+    def _append_tail(self, base: str, head: Record, tail: bytes, ttl: float | None) -> None:
+        """Append ``tail`` to the ``.session`` file and commit it with a new ``.head`` (the lock is held).
+
+        The ``.head`` file (``<TTL deadline> <committed length> <inode of the .session file>``, then
+        the metadata line) is the commit: readers take the metadata from it and read the ``.session``
+        file only up to the committed length. Its first write after a whole save holds the metadata
+        the ``.session`` file has, so the bytes a crash leaves after that length are never read.
+        The tail is written at the committed length (over any such bytes) and fsynced before the
+        new ``.head`` is renamed into place: a crash before the rename leaves the session as it was,
+        after it, with the tail; never a part of a tail.
+        """
+        path = base + ".session"
+        try:
+            fd = os.open(path, os.O_WRONLY | _NOFOLLOW)
+        except OSError as exc:
+            raise self._fail(exc, "append to a session") from exc
+        try:
+            ino = os.fstat(fd).st_ino
+            committed = self._read_head(base, ino)
+            size = os.fstat(fd).st_size
+            if committed is None:
+                with open(path, "rb") as f:  # the whole save's lines, as they are (never parsed)
+                    first = f.readline()
+                    meta = f.readline()
+                length = size
+                self._write_atomic(base + ".head", b"%b %d %d\n%b" % (first.rstrip(b"\n"), length, ino, meta))
+            else:
+                length = committed.length
+            os.pwrite(fd, tail, length)
+            if size > length + len(tail):  # what an unfinished write left past the committed length
+                os.ftruncate(fd, length + len(tail))
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._fail(exc, "append to a session") from exc
+        finally:
+            os.close(fd)
+        deadline = b"-" if ttl is None else repr(time.time() + ttl).encode()
+        self._write_atomic(base + ".head", b"%b %d %d\n%b" % (deadline, length + len(tail), ino, encode_record(head)))
         try:
             os.unlink(base + ".touch")
         except FileNotFoundError:
@@ -238,7 +322,7 @@ class Files:
         path = str(self.dir / name)
         if name.endswith(".session"):
             return self._collect_session(name[len(prefix) : -len(".session")], now)
-        for suffix in (".lock", ".touch"):
+        for suffix in (".lock", ".touch", ".head"):
             if name.endswith(suffix):
                 base = path[: -len(suffix)]
                 if not os.path.exists(base + ".session"):
@@ -265,7 +349,7 @@ class Files:
                 if expired is None:
                     return 0
             self._unindex(sid, expired.user_id)
-            for suffix in (".session", ".touch"):
+            for suffix in (".session", ".touch", ".head"):
                 try:
                     os.unlink(base + suffix)
                 except OSError:
@@ -282,7 +366,14 @@ class Files:
         ``None`` when it is live, missing or unreadable."""
         try:
             with open(base + ".session", "rb") as f:
-                blob = f.read(_HEAD)
+                tailed = self._read_head(base, os.fstat(f.fileno()).st_ino)
+                if tailed is not None:  # its metadata is the newer
+                    blob = b"%b\n%b" % (
+                        b"-" if tailed.deadline is None else repr(tailed.deadline).encode(),
+                        tailed.meta,
+                    )
+                else:
+                    blob = f.read(_HEAD)
                 head, _, rest = blob.partition(b"\n")
                 meta, sep, _ = rest.partition(b"\n")
                 if not sep and len(blob) == _HEAD:

@@ -305,6 +305,13 @@ class AsyncRedisBackend:
             await self._run_all(then)
         return saved
 
+    async def asave_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+        """Append ``tail`` to the data and store ``head``'s metadata line, releasing the lock, if ``token`` holds it.
+
+        One round trip (append.py): the data already stored is neither sent nor read back.
+        """
+        return await self._run(ops.save_tail(self._base.keys, sid, head, tail, token, ttl))
+
     async def arelease(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, touching the record first."""
         op = ops.release(self._base.keys, sid, token, touch)

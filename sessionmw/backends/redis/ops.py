@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from ..base import Record, Touch
+from .append import SAVE_TAIL, SAVE_TAIL_SHA
 from .keys import LOCK_SUFFIX_BYTES, WAITERS_SUFFIX_BYTES, WAKEUPS_SUFFIX_BYTES, Keys
 from .records import DUMPS, decode, encode, head_user, touch_args
 from .scripts import (
@@ -62,6 +63,7 @@ __all__ = [
     "reindex",
     "release",
     "save",
+    "save_tail",
     "touch",
     "wait_released",
 ]
@@ -199,6 +201,20 @@ def save(keys: Keys, sid: str, record: Record, token: str, ttl: float | None) ->
     waiters, wakeups = data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES
     command = ("EVALSHA", SAVE_SHA, _FOUR, data, lock, waiters, wakeups, px, token.encode(), user, encode(record))
     return Op(command, SAVE, parse)
+
+
+def save_tail(keys: Keys, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> Op[bool]:
+    """If the token holds the lock: replace the metadata line by ``head``'s, append ``tail``, delete the lock.
+
+    Reads as whether it was written. Safe to send again after a lost reply: the script answers 2 when
+    it finds this very write done (append.py).
+    """
+    data = keys.data(sid).encode()
+    lock = data + LOCK_SUFFIX_BYTES
+    waiters, wakeups = data + WAITERS_SUFFIX_BYTES, data + WAKEUPS_SUFFIX_BYTES
+    px = _NO_TTL if ttl is None else b"%d" % ms(ttl)
+    command = ("EVALSHA", SAVE_TAIL_SHA, _FOUR, data, lock, waiters, wakeups, px, token.encode(), encode(head), tail)
+    return Op(command, SAVE_TAIL, flag)
 
 
 def release(keys: Keys, sid: str, token: str, touch: Touch | None) -> Op[bool]:
