@@ -73,6 +73,7 @@ SUBS: list[tuple[str, str]] = [
     ("aload", "load"),
     ("acreate", "create"),
     ("asave", "save"),
+    ("asave_tail", "save_tail"),
     ("arelease", "release"),
     ("atouch", "touch"),
     ("aextend", "extend"),

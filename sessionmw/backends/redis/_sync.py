@@ -283,7 +283,7 @@ class RedisBackend:
             self._run_all(then)
         return saved
 
-    def asave_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+    def save_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
         """Append ``tail`` to the data and store ``head``'s metadata line, releasing the lock, if ``token`` holds it.
 
         One round trip (append.py): the data already stored is neither sent nor read back.
