@@ -295,9 +295,6 @@ def test_async_twin_behaves_the_same(backend_url: str, key_prefix: str) -> None:
 
 #: The backend kinds that offer ``save_tail`` / ``asave_tail``; the others get whole saves.
 APPENDS = {"memory", "file", "redis", "redis-sentinel", "redis-cluster"}
-#: Sync Redis is generated from the async backend: its ``save_tail`` needs the
-#: ``("asave_tail", "save_tail")`` substitution in scripts/unasync.py.
-SYNC_PENDING = {"redis", "redis-sentinel", "redis-cluster"}
 
 
 def _kind(request: pytest.FixtureRequest) -> str:
@@ -312,8 +309,6 @@ def test_the_tail_primitive_is_offered_where_expected(
     ab = open_async_backend(backend_url, key_prefix=key_prefix)
     try:
         assert isinstance(ab, AsyncAppendsTail) is (kind in APPENDS)
-        if kind in SYNC_PENDING and not isinstance(sync, AppendsTail):
-            pytest.xfail("scripts/unasync.py has no asave_tail -> save_tail substitution yet")
         assert isinstance(sync, AppendsTail) is (kind in APPENDS)
     finally:
         sync.close()
@@ -445,8 +440,6 @@ def test_sync_save_tail_matches_the_async_one(
         pytest.skip("no tail primitive: the core writes whole records")
     b = open_backend(backend_url, key_prefix=key_prefix)
     try:
-        if kind in SYNC_PENDING and not isinstance(b, AppendsTail):
-            pytest.xfail("sync Redis: scripts/unasync.py has no asave_tail -> save_tail substitution yet")
         assert isinstance(b, AppendsTail)
         sid = new_session_id()
         first = rec(b'{"v":0}', version=1)

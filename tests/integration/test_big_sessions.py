@@ -188,7 +188,9 @@ def test_the_same_writes_without_encryption_are_tails(url: str, key_prefix: str)
     assert ops.names.count("SaveTail") == 3 and "Save" not in ops.names
 
 
-@pytest.mark.parametrize("url", ["file", "memory"], indirect=True)
+@pytest.mark.parametrize(
+    "url", ["file", "memory", pytest.param("redis", marks=pytest.mark.service("redis"))], indirect=True
+)
 def test_wsgi_writes_tails_and_reads_them(url: str, key_prefix: str) -> None:
     app = WSGISessionMiddleware(_wsgi, secret_key=SECRET, backend=url, key_prefix=key_prefix, gc_interval=None)
     expected = _expected()
