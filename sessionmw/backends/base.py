@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "AdminBackend",
+    "SAME_IP",
     "AwaitsRelease",
     "WaitsForFailover",
     "WaitsForRelease",
@@ -28,6 +29,7 @@ __all__ = [
     "Touch",
     "decode_record",
     "encode_record",
+    "record_meta",
 ]
 
 
@@ -94,39 +96,60 @@ class SessionInfo:
 
 _META_KEYS = ("c", "a", "u", "fi", "li", "ua", "io", "it", "x", "v")
 
+#: The metadata line's last IP when it equals the first IP (a JSON ``0``: no address is a number).
+SAME_IP = 0
 
-def encode_record(record: Record) -> bytes:
-    """Return ``record`` as one blob: a JSON line of metadata, then the data bytes."""
-    meta = [
+
+def record_meta(record: Record) -> list[Any]:
+    """Return the elements of ``record``'s metadata line, in the compact form :func:`encode_record` writes.
+
+    The line is a JSON array of the fields after ``data``, in :class:`Record` order; two of them are
+    shortened, both losslessly: the last IP is :data:`SAME_IP` when it equals the first IP (the usual
+    case), and ``idle_override`` is ``0`` or ``1`` rather than ``false`` or ``true``. Times are written
+    as they are (the core rounds them to the millisecond, so they print short).
+    """
+    last_ip = record.last_ip
+    return [
         record.created,
         record.last_access,
         record.user_id,
         record.first_ip,
-        record.last_ip,
+        SAME_IP if last_ip is not None and last_ip == record.first_ip else last_ip,
         record.user_agent,
-        record.idle_override,
+        1 if record.idle_override else 0,
         record.idle_timeout,
         record.expires,
         record.version,
     ]
-    return json.dumps(meta, separators=(",", ":")).encode("utf-8") + b"\n" + record.data
+
+
+def encode_record(record: Record) -> bytes:
+    """Return ``record`` as one blob: a JSON line of metadata (see :func:`record_meta`), then the data bytes."""
+    return json.dumps(record_meta(record), separators=(",", ":")).encode("utf-8") + b"\n" + record.data
 
 
 def decode_record(blob: bytes) -> Record:
-    """Return the record in a blob made by :func:`encode_record`."""
+    """Return the record in a blob made by :func:`encode_record`, in its compact form or in the older full one.
+
+    The older form wrote the last IP always, ``idle_override`` as ``false``/``true``, and (before
+    versions existed) nine fields; every element is read by rules that fit both, so a record partly
+    rewritten by a Redis script (which writes the compact last IP into an old line) decodes too.
+    """
     head, sep, data = blob.partition(b"\n")
     if not sep:
         raise ValueError("not a sessionmw record")
     meta: list[Any] = json.loads(head)
+    last_ip = meta[4]
     return Record(
         data=data,
         created=meta[0],
         last_access=meta[1],
         user_id=meta[2],
         first_ip=meta[3],
-        last_ip=meta[4],
+        # A number is never an address: SAME_IP (type() so that an old line's false is not taken for 0).
+        last_ip=meta[3] if type(last_ip) is int else last_ip,
         user_agent=meta[5],
-        idle_override=meta[6],
+        idle_override=bool(meta[6]),
         idle_timeout=meta[7],
         expires=meta[8],
         # Records written before versions existed have nine fields: version 0, older than any write.

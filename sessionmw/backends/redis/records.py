@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ..base import Record, Touch, decode_record
+from ..base import Record, Touch, decode_record, record_meta
 from .wire import Arg, ms
 
 __all__ = ["DUMPS", "decode", "encode", "head_user", "touch_args"]
@@ -20,9 +20,9 @@ DUMPS = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 def encode(record: Record) -> bytes:
     """``encode_record(record)``, byte for byte (a test holds them equal), at half its cost.
 
-    The metadata line is the record's fields after ``data``, in order, as ``encode_record`` lists them.
+    The metadata line is :func:`~sessionmw.backends.base.record_meta`'s list, in its compact form.
     """
-    return b"%b\n%b" % (DUMPS(record[1:]).encode(), record.data)
+    return b"%b\n%b" % (DUMPS(record_meta(record)).encode(), record.data)
 
 
 def decode(data: bytes | None) -> Record | None:

@@ -86,6 +86,8 @@ end
 #   ARGV[at+1]    the last IP; absent = unknown, keep the record's
 # When the touch is newer than the record's last access, rewrites the record with last_access, expires
 # and (if given) last_ip replaced in its metadata line; else only refreshes the TTL (a newer write won).
+# The last IP is written as encode_record writes it: 0 (SAME_IP) when it equals the first IP, in a
+# compact line or an older full one alike (decode_record reads each element by rules that fit both).
 # Returns 1 when the session exists (touched), 0 when it does not (nothing created).
 # It reads the first HEAD_RANGE bytes (GETRANGE): a small record whole, a big one's metadata line; a
 # big record whose new line is as long as the old one (the usual case: the same IP, times of the same
@@ -109,7 +111,9 @@ local function touch(at)
   if old and old < tonumber(at_) then
     f[2] = at_
     f[9] = ex
-    if ARGV[at + 1] then f[5] = cjson.encode(ARGV[at + 1]) end
+    if ARGV[at + 1] then
+      if '"' .. ARGV[at + 1] .. '"' == f[4] then f[5] = '0' else f[5] = cjson.encode(ARGV[at + 1]) end
+    end
     local head = '[' .. table.concat(f, ',')
     if whole or #head ~= j - 1 then
       if not whole then value = redis.call('GET', KEYS[1]) end
