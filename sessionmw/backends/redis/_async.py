@@ -305,11 +305,10 @@ class AsyncRedisBackend:
             await self._run_all(then)
         return saved
 
-    async def _save_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
+    async def asave_tail(self, sid: str, head: Record, tail: bytes, token: str, ttl: float | None) -> bool:
         """Append ``tail`` to the data and store ``head``'s metadata line, releasing the lock, if ``token`` holds it.
 
-        One round trip (append.py): the data already stored is neither sent nor read back. Offered as
-        the primitive of :class:`~sessionmw.backends.appending.AppendsTail` (see the end of the module).
+        One round trip (append.py): the data already stored is neither sent nor read back.
         """
         return await self._run(ops.save_tail(self._base.keys, sid, head, tail, token, ttl))
 
@@ -427,9 +426,3 @@ class AsyncRedisBackend:
         except ERRORS as exc:
             raise self._base.unavailable(exc) from exc
         return figures(stats, memory)
-
-
-# The tail primitive, under its protocol name on this side. The name is built of two parts because
-# scripts/unasync.py renames the first part between the twins but has no entry for the whole name yet;
-# with one (the async name to the sync name), this becomes a plain method of the class.
-setattr(AsyncRedisBackend, "asave" + "_tail", AsyncRedisBackend._save_tail)
