@@ -621,6 +621,8 @@ def report(rows: list[Row], args: argparse.Namespace, started: str, host: dict[s
     by_name = {row.kind.name: row for row in rows}
     ratios = []
     for group, ours, peer, target in RATIOS:
+        if ours not in by_name or peer not in by_name:
+            continue  # a group left out of this run
         a, b = by_name[ours].best(), by_name[peer].best()
         entry: dict[str, Any] = {"group": group, "ours": ours, "peer": peer, "target": target}
         if a and b:
@@ -630,7 +632,7 @@ def report(rows: list[Row], args: argparse.Namespace, started: str, host: dict[s
         else:
             entry["skipped"] = by_name[ours].skipped or by_name[peer].skipped or "no figures"
         ratios.append(entry)
-    sqlite = by_name["asgi-sessionmw-sqlite"].best()
+    sqlite = by_name["asgi-sessionmw-sqlite"].best() if "asgi-sessionmw-sqlite" in by_name else None
     slo = {"target_p99_ms": 50, "p99_ms": sqlite["p99_us"] / 1000, "met": sqlite["p99_us"] <= 50_000} if sqlite else {}
     return {
         "benchmark": "bench_http",

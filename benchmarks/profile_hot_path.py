@@ -8,7 +8,8 @@ Two modes:
   paused, so the figures are not slowed by the sampling);
 * ``--http``: the benchmark app of ``bench_http.py`` under ``uvicorn --workers 2`` with wrk as the
   load (16 connections, one session each), py-spy sampling both workers for ``--seconds``: the same
-  request with the HTTP server and the event loop in the picture.
+  request with the HTTP server and the event loop in the picture; ``--flask``: the same with the
+  Flask app under ``gunicorn --workers 2 --threads 4``, beside Flask-Session on Redis.
 
 For each middleware it prints the top functions by own time (the sampled leaf frame) and the time
 per request split into parts, each sample going to the innermost frame whose module names a part:
@@ -50,12 +51,13 @@ ROOT = HERE.parent
 # (part, pattern on a frame's file) in the order a frame is tried; the innermost matching frame wins.
 PARTS = [
     ("idle: waiting for Redis", re.compile(r"/selectors\.py")),
-    ("serialization", re.compile(r"/json/|msgspec|/pickle|sessionmw/core/serializ|records\.py|/codecs?\.py")),
+    ("serialization", re.compile(r"/json/|msgspec|/msgpack|/pickle|sessionmw/core/serializ|records\.py|/codecs?\.py")),
     ("Redis client", re.compile(r"/redis/|hiredis|/socket\.py|/ssl\.py|asyncio/(streams|selector_events)\.py")),
     ("sessionmw backend", re.compile(r"sessionmw/backends/")),
-    ("session middleware", re.compile(r"sessionmw/|starsessions/|itsdangerous/|/hmac\.py|/hashlib\.py")),
+    ("session middleware", re.compile(r"sessionmw/|starsessions/|flask_session/|itsdangerous/|/hmac\.py|/hashlib\.py")),
     ("Starlette", re.compile(r"starlette/")),
-    ("HTTP server", re.compile(r"uvicorn/|httptools|/h11/")),
+    ("HTTP server", re.compile(r"uvicorn/|httptools|/h11/|gunicorn/")),
+    ("Flask", re.compile(r"flask/|werkzeug/|jinja2/")),
     ("event loop", re.compile(r"asyncio/|uvloop|<built-in>|_run_once")),
 ]
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
@@ -227,8 +229,13 @@ def over_http(kind: str, url: str, args: argparse.Namespace, tmp: str) -> dict[s
     """Sample both uvicorn workers serving ``kind`` under wrk for ``args.seconds``; the parsed profile."""
     import bench_http
 
-    name = {"sessionmw": "asgi-sessionmw-redis", "starsessions": "asgi-starsessions"}[kind]
-    server = bench_http.AppServer(bench_http.Kind(name, kind, "uvicorn", "redis"), url, 1)
+    names = {
+        "sessionmw": "flask-sessionmw-redis" if args.flask else "asgi-sessionmw-redis",
+        "starsessions": "asgi-starsessions",
+        "Flask-Session": "flask-session-redis",
+    }
+    server_kind = "gunicorn" if args.flask else "uvicorn"
+    server = bench_http.AppServer(bench_http.Kind(names[kind], kind, server_kind, "redis"), url, args.threads)
     try:
         if not server.ready():
             raise RuntimeError(f"{kind}: the server did not start")
@@ -274,6 +281,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples a second (default 1000)")
     parser.add_argument("--top", type=int, default=10, help="functions listed (default 10)")
     parser.add_argument("--http", action="store_true", help="sample uvicorn workers under wrk instead")
+    parser.add_argument(
+        "--flask", action="store_true", help="--http: the Flask app under gunicorn, beside Flask-Session"
+    )
+    parser.add_argument("--threads", type=int, default=4, help="--flask: gunicorn threads per worker (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="--http: seconds sampled (default 10)")
     parser.add_argument("--redis-url", default=None, help="a Redis server instead of a private redis-server")
     parser.add_argument("--save", metavar="DIR", help="also write the raw collapsed stacks to DIR")
@@ -286,11 +297,14 @@ def main() -> None:
         return
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
+    if args.flask:
+        args.http = True
     if args.http and shutil.which("wrk") is None:
         raise SystemExit("--http needs wrk")
     from servers import redis_server
 
-    kinds = ["sessionmw"] + (["starsessions"] if importlib.util.find_spec("starsessions") else [])
+    peer, module = ("Flask-Session", "flask_session") if args.flask else ("starsessions", "starsessions")
+    kinds = ["sessionmw"] + ([peer] if importlib.util.find_spec(module) else [])
     with redis_server(args.redis_url) as url, tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         if url is None:
             raise SystemExit("no redis-server: install it or give --redis-url")
@@ -303,7 +317,7 @@ def main() -> None:
                 with open(os.path.join(args.save, f"{kind}-{mode}.txt"), "w") as f:
                     f.write(result["raw"])
     if len(kinds) == 1:
-        print("starsessions is not installed (pip install starsessions): only sessionmw was profiled")
+        print(f"{peer} is not installed (pip install {peer.lower()}): only sessionmw was profiled")
 
 
 if __name__ == "__main__":
