@@ -11,7 +11,7 @@ state at close                    backend                          cookie
 lazy, never touched               nothing                          none
 read-only (enforced)              touch, if due                    none
 stored, unchanged                 release (+ touch if due)         refresh if due
-stored, changed                   save-and-release (fenced)        refresh if due
+stored, changed                   save-and-release, or its tail    refresh if due
 stored, emptied                   delete + release                 expire
 stored, new id (regenerate/bind)  check lock, create new, delete   new
 stored, due for rotation          check lock, create new, forward  new
@@ -24,6 +24,10 @@ Every backend operation names a session by its handle (:mod:`.handles`), and eve
 goes through :class:`~.envelope.AtRest` (dated, encrypted) and the size limit first (:mod:`.limits`):
 a session over ``max_session_bytes`` raises ``RecordTooLarge`` before any backend call, and the
 lock is released with the stored record as it was (:class:`~.errors.RecordTooLarge`).
+
+A changed session that keeps its id is written as a *tail* where it can be (:meth:`Closing._tail`,
+:mod:`.patches`): the changed keys appended to the stored data with the metadata rewritten, fenced and
+released as a save is, by the backend's optional ``save_tail``; else, and at each compaction, whole.
 
 Rotation (``rotate_every``) is a new id like ``regenerate()``, except that the old id is not deleted:
 its record is replaced by a forward (:meth:`.envelope.AtRest.forward`) that leads to the new id for

@@ -493,3 +493,26 @@ def test_file_tail_survives_a_crash_mid_append(shared_tmp: Path, key_prefix: str
         assert not head_file.exists() and not path.exists()
     finally:
         b.close()
+
+
+def test_redis_tail_sent_again_after_a_lost_reply_reads_as_written(redis_url: str, key_prefix: str) -> None:
+    """A failover may lose the reply of a tail write that ran: sent again, it must not read as dropped."""
+    from sessionmw.backends.redis import ops as redis_ops
+
+    b = open_backend(redis_url, key_prefix=key_prefix)
+    try:
+        sid = new_session_id()
+        first = rec(b'{"v":0}', version=1)
+        assert b.create(sid, first, 60)
+        t1 = new_lock_token()
+        assert b.lock_and_load(sid, t1, 30)[0]
+        op = redis_ops.save_tail(b._base.keys, sid, _head(first, version=2), b"<once>", t1, 60)  # type: ignore[attr-defined]
+        assert b._run(op)  # type: ignore[attr-defined]
+        assert b._run(op), "the same write, found done"  # type: ignore[attr-defined]
+        other = redis_ops.save_tail(b._base.keys, sid, _head(first, version=3), b"<once>", t1, 60)  # type: ignore[attr-defined]
+        assert not b._run(other), "another write with the lost lock is refused"  # type: ignore[attr-defined]
+        got = b.load(sid)
+        assert got is not None and got.data == b'{"v":0}<once>' and got.version == 2
+        b.delete(sid)
+    finally:
+        b.close()

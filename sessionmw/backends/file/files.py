@@ -2,7 +2,8 @@
 
 :class:`Files` is a base of :class:`~sessionmw.backends.file.FileBackend` (its methods are the
 backend's own): the paths, the record file (its first line the TTL deadline, then the encoded record)
-merged with the ``.touch`` file, atomic writes, the per-user index directories, and gc (the walk
+merged with the ``.touch`` file and, for a session written as tails, the ``.head`` file
+(:meth:`Files._append_tail`), atomic writes, the per-user index directories, and gc (the walk
 over the directory and the turn of the background gc); and :func:`require_directory`, the check of
 a store opened without creating anything.
 
