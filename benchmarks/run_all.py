@@ -49,6 +49,9 @@ class Bench:
     databases: tuple[str, ...] = ()  # which of --postgres-url and --mysql-url it takes
     needs: tuple[str, ...] = ()  # programs on PATH
     modules: tuple[str, ...] = ()  # importable modules
+    #: Positional KIND arguments, each with the module it needs ("" for none): a kind whose module is
+    #: missing is left out and named in the entry, since the script itself would fail on it.
+    kinds: tuple[tuple[str, str], ...] = ()
 
 
 BENCHES = [
@@ -62,7 +65,9 @@ BENCHES = [
     Bench("bench_handoff", ("--requests", "10"), json=True, databases=("postgres", "mysql")),
     Bench("bench_sql_load", ("--requests", "20", "--warmup", "2"), json=True, databases=("postgres", "mysql")),
     Bench("bench_many", ("--requests", "500",), databases=("postgres",)),
-    Bench("bench_lost_updates", ("--rounds", "1",), modules=("httpx",)),
+    Bench("bench_lost_updates", ("--rounds", "1",), modules=("httpx",),
+          kinds=(("starlette", ""), ("starsessions", "starsessions"), ("sessionmw-asgi", ""), ("flask", "flask"),
+                 ("flask-session", "flask_session"), ("beaker", "beaker"), ("sessionmw-flask", "flask"))),
     Bench("bench_gc", ("--sessions", "5000", "--file-sessions", "500", "--steady-seconds", "5"), json=True,
           databases=("postgres", "mysql")),
     Bench("bench_scale", ("--sessions", "1000,20000", "--gc-expired", "20000", "--gc-live", "5000", "--rounds", "3"),
@@ -164,6 +169,14 @@ def run_one(bench: Bench, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     json_path = os.path.join(tmp, f"{bench.name}.json")
     if bench.json:
         argv += ["--json", json_path]
+    if bench.kinds:
+        import importlib.util
+
+        kept = [kind for kind, module in bench.kinds if not module or importlib.util.find_spec(module)]
+        left = [f"{kind} ({module} not installed)" for kind, module in bench.kinds if kind not in kept]
+        argv += kept
+        if left:
+            entry["left_out"] = left
     for database in bench.databases:
         url = getattr(args, f"{database}_url")
         if url:
@@ -221,7 +234,8 @@ def main() -> None:
             entry = run_one(bench, args, tmp)
             result["benchmarks"].append(entry)
             if entry["status"] == "ok":
-                print(f"{entry['output'].rstrip()}\n({entry['seconds']:g} s)\n", flush=True)
+                left = f"; left out: {', '.join(entry['left_out'])}" if entry.get("left_out") else ""
+                print(f"{entry['output'].rstrip()}\n({entry['seconds']:g} s{left})\n", flush=True)
             else:
                 print(f"{entry['status']}: {entry['reason']}\n", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
