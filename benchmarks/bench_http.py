@@ -30,9 +30,12 @@ table shows the best round of each row (the others measured the neighbours more)
 
 Peers are installed for the benchmark only (``pip install starsessions flask-session``); a missing peer,
 server or wrk makes its rows say why instead of failing. Private redis-server and memcached processes
-are started on free ports (or ``--redis-url``,
-where other clients' commands would count too).
-The same file is the servers' app module: they import ``asgi_app`` or ``wsgi_app`` from it.
+are started on free ports (or ``--redis-url``, where other clients' commands would count too). The
+peers run with their defaults: Flask-Session's cookie carries the bare session id (``SESSION_USE_SIGNER``
+is off), sessionmw's a signed one. Commands are not round trips: sessionmw pipelines its lock-and-load
+(Redis ``SET NX`` + ``GET``, memcached meta commands), so 7 Redis or 5 memcached commands are 2 round
+trips (bench_backends.py counts round trips at the client). The same file is the servers' app module:
+they import ``asgi_app`` or ``wsgi_app`` from it.
 """
 
 from __future__ import annotations
