@@ -14,13 +14,16 @@ Two modes:
 For each middleware it prints the top functions by own time (the sampled leaf frame) and the time
 per request split into parts, each sample going to the innermost frame whose module names a part:
 HTTP server (uvicorn, httptools), Starlette, the session middleware (sessionmw's core, adapters and
-drivers, or starsessions), sessionmw's backend code, the Redis client (redis-py, its parser, the
+drivers, or starsessions), sessionmw's backend code, the backend client (redis-py or pymemcache, the
 socket calls), serialization (json, msgspec) and the event loop (asyncio, uvloop, when no caller
 above names a part). Microseconds per request are the request's wall time (in-process) or the
 workers' sampled busy time (HTTP) divided among the parts by their share of samples.
 
-    python benchmarks/profile_hot_path.py [--requests 5000] [--rate 1000] [--top 10] [--http --seconds 10]
-                                          [--save DIR]
+    python benchmarks/profile_hot_path.py [--requests 5000] [--rate 1000] [--top 10] [--save DIR]
+    python benchmarks/profile_hot_path.py --http [--flask] [--gil] [--seconds 10]
+
+Sampling has its error: a function's µs are a share of a few thousand samples, and a C call (a
+syscall, hashlib) counts in the Python function that made it. Compare parts and rows of one run.
 
 ``--save DIR`` also writes py-spy's raw collapsed stacks there (one file per middleware, for a flame
 graph); benchmarks/profiles/ is the place, and its files are not committed. Needs py-spy
@@ -50,9 +53,12 @@ ROOT = HERE.parent
 
 # (part, pattern on a frame's file) in the order a frame is tried; the innermost matching frame wins.
 PARTS = [
-    ("idle: waiting for Redis", re.compile(r"/selectors\.py")),
+    ("idle: waiting for I/O", re.compile(r"/selectors\.py")),
     ("serialization", re.compile(r"/json/|msgspec|/msgpack|/pickle|sessionmw/core/serializ|records\.py|/codecs?\.py")),
-    ("Redis client", re.compile(r"/redis/|hiredis|/socket\.py|/ssl\.py|asyncio/(streams|selector_events)\.py")),
+    (
+        "backend client",
+        re.compile(r"/redis/|hiredis|pymemcache/|/socket\.py|/ssl\.py|asyncio/(streams|selector_events)\.py"),
+    ),
     ("sessionmw backend", re.compile(r"sessionmw/backends/")),
     ("session middleware", re.compile(r"sessionmw/|starsessions/|flask_session/|itsdangerous/|/hmac\.py|/hashlib\.py")),
     ("Starlette", re.compile(r"starlette/")),
@@ -164,21 +170,15 @@ def summarize(raw: str, skip: str = "") -> tuple[Counter[str], Counter[str], int
     return own, parts, total
 
 
-def py_spy(argv_tail: list[str], rate: int, out: str) -> list[str]:
-    """The py-spy command that records ``argv_tail`` (``--pid N`` or ``-- cmd``) into ``out``, raw."""
-    return [
-        "py-spy",
-        "record",
-        "--nonblocking",
-        "--full-filenames",
-        "-r",
-        str(rate),
-        "-f",
-        "raw",
-        "-o",
-        out,
-        *argv_tail,
-    ]
+def py_spy(argv_tail: list[str], rate: int, out: str, gil: bool = False) -> list[str]:
+    """The py-spy command that records ``argv_tail`` (``--pid N`` or ``-- cmd``) into ``out``, raw.
+
+    ``gil``: only samples of a thread holding the GIL, i.e. Python running; without it a thread blocked
+    in a socket read may count as busy (threaded servers, some sandboxes).
+    """
+    only_gil = ["--gil"] if gil else []
+    return ["py-spy", "record", *only_gil, "--nonblocking", "--full-filenames", "-r", str(rate), "-f", "raw",
+            "-o", out, *argv_tail]  # fmt: skip
 
 
 def in_process(kind: str, url: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
@@ -243,7 +243,12 @@ def over_http(kind: str, url: str, args: argparse.Namespace, tmp: str) -> dict[s
         bench_http.run_wrk(server.port, cookies, 2, tmp)  # warm up
         out = os.path.join(tmp, f"{kind}.txt")
         spy = subprocess.Popen(
-            py_spy(["--pid", str(server.proc.pid), "--subprocesses", "-d", str(int(args.seconds) + 2)], args.rate, out),
+            py_spy(
+                ["--pid", str(server.proc.pid), "--subprocesses", "-d", str(int(args.seconds) + 2)],
+                args.rate,
+                out,
+                args.gil,
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -285,6 +290,7 @@ def main() -> None:
         "--flask", action="store_true", help="--http: the Flask app under gunicorn, beside Flask-Session"
     )
     parser.add_argument("--threads", type=int, default=4, help="--flask: gunicorn threads per worker (default 4)")
+    parser.add_argument("--gil", action="store_true", help="--http: only samples holding the GIL (Python CPU)")
     parser.add_argument("--seconds", type=float, default=10.0, help="--http: seconds sampled (default 10)")
     parser.add_argument("--redis-url", default=None, help="a Redis server instead of a private redis-server")
     parser.add_argument("--save", metavar="DIR", help="also write the raw collapsed stacks to DIR")
