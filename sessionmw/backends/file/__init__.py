@@ -5,6 +5,8 @@ Layout, for a session ``sid`` under key prefix ``p``::
     <dir>/<p><sid>.session   the record (first line: TTL deadline, then the encoded record)
     <dir>/<p><sid>.lock      the lock: held with flock() for the request; holds "token deadline"
     <dir>/<p><sid>.touch     last access written by read-only requests, which hold no lock
+    <dir>/<p><sid>.head      for a session written as tails: "<TTL deadline> <committed length> <inode>",
+                             then the metadata line; bytes of .session past that length are not yet in
     <dir>/.users/<p><uid>/<sid>  an empty file per session of a user (uid base64url-encoded)
 
 Why it is shaped so:
@@ -16,7 +18,9 @@ Why it is shaped so:
   stuck holder then fails the fencing check on save (its file is no longer the lock file), and its
   write is dropped.
 * Records are written to a temporary file, fsynced and renamed over the old one: a reader sees the
-  old record or the new one, never half of one.
+  old record or the new one, never half of one. A big session's tail (only its changed keys) is
+  appended at the committed length and fsynced, then committed by renaming a new ``.head`` into
+  place: a crash before the rename leaves the session as it was, never part of a tail.
 * Read-only requests never rewrite the record (that could undo a concurrent locked write); they
   write the small ``.touch`` file, which loads merge.
 
