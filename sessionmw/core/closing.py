@@ -53,7 +53,7 @@ from .lifetime import Lifetime
 from .limits import near_limit_message, too_large, warn_size
 from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, SaveTail, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
-from .patches import JSON_SERIALIZERS, compacts, frame, measure, merge
+from .patches import JSON_SERIALIZERS, MIN_BASE, compacts, frame, measure, merge
 from .serializers import Serializer
 from .session import Session
 from .state import RequestState
@@ -239,13 +239,16 @@ class Closing:
     def _tail(self, s: Session, data: dict[str, Any], rec: Record, key: str) -> bytes | None:
         """Return the frame holding what changed in ``s`` since ``rec`` was loaded, or ``None`` to write it whole.
 
-        Whole, not a tail: with encryption at rest (it seals the whole data) or another serializer
-        than the built-in JSON ones, when the user changed, when the stored data cannot be measured,
-        when the tail would call for compaction (:func:`.patches.compacts`), and within a quarter of
+        Whole, not a tail: for stored data under :data:`.patches.MIN_BASE` bytes, with encryption at
+        rest (it seals the whole data) or another serializer than the built-in JSON ones, when the user
+        changed, when the stored data cannot be measured, when the tail would call for compaction
+        (:func:`.patches.compacts`), and within a quarter of
         ``max_session_bytes`` (the whole write checks the limit and warns). A changed key is one
         set or removed in this request, or one whose value is mutable and serializes otherwise
         than it did when loaded (an in-place change of a nested value).
         """
+        if len(rec.data) < MIN_BASE:
+            return None  # a small session: written whole, at no extra cost
         serializer = self.serializer
         st = s._state
         if self.at_rest.cipher is not None or type(serializer) not in JSON_SERIALIZERS or st.user_id != rec.user_id:

@@ -33,6 +33,7 @@ from .serializers import JSONSerializer, TaggedJSONSerializer
 __all__ = [
     "JSON_SERIALIZERS",
     "MAX_FRAMES",
+    "MIN_BASE",
     "TAIL_MAGIC",
     "TAIL_SHARE",
     "Tail",
@@ -52,6 +53,9 @@ TRAILER_SIZE = _TRAILER.size
 TAIL_SHARE = 0.25
 #: The most frames a stored session carries before the whole session is written again.
 MAX_FRAMES = 32
+#: Bytes of stored data below which a session is written whole: its tail would save little, and
+#: working it out costs a second serialization of the changed keys on every write.
+MIN_BASE = 4096
 #: The serializers whose output frames may follow (text with control characters escaped: no NUL byte).
 JSON_SERIALIZERS: frozenset[type] = frozenset({TaggedJSONSerializer, JSONSerializer})
 _LIST = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

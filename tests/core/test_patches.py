@@ -15,6 +15,7 @@ from sessionmw.core.handles import handle_of
 from sessionmw.core.ops import Save, SaveTail
 from sessionmw.core.patches import (
     MAX_FRAMES,
+    MIN_BASE,
     TAIL_MAGIC,
     Tail,
     compacts,
@@ -205,6 +206,20 @@ def test_a_backend_without_the_primitive_gets_the_whole_record_and_is_not_asked_
     s2["k1"] = "again"
     close(core, script2, s2)
     assert script2.names == ["Save"]
+
+
+def test_a_small_session_is_written_whole_without_working_out_a_tail() -> None:
+    # Under MIN_BASE stored bytes a tail saves little; the core does not even serialize the changed keys.
+    core = make_core()
+    small = {"n": 1, "cart": {"items": [1]}, "name": "x" * 3000}
+    script, s = _opened(core, small)
+    assert script.record is not None and len(script.record.data) < MIN_BASE
+    s["n"] = 2
+    s["cart"]["items"].append(2)
+    close(core, script, s)
+    assert script.names[-1] == "Save" and "SaveTail" not in script.names
+    assert _written(core, script) == {"n": 2, "cart": {"items": [1, 2]}, "name": "x" * 3000}
+    assert core.tails is True, "a small session says nothing about the backend"
 
 
 def test_a_tail_refused_by_the_fence_is_dropped_and_logged() -> None:
