@@ -88,6 +88,47 @@ def test_secret_key_is_read_per_request() -> None:
     assert c.get("/get/b").text == "2", "a cookie re-signed with the new key loads"
 
 
+def test_fallback_keys_changed_in_place_and_bytes_keys_are_read_per_request() -> None:
+    app = flask_app()
+    c = app.test_client()
+    c.get("/set/a/1")
+    app.config["SECRET_KEY"] = b"second"
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert c.get("/get/a").text == "None"
+    app.config["SECRET_KEY_FALLBACKS"].append("first")  # the same list, one key more
+    assert c.get("/get/a").text == "1", "a fallback appended to the same list verifies the old cookie"
+    c.get("/set/b/2")  # re-signed with b"second"
+    app.config["SECRET_KEY"] = "second"  # the same key as str
+    app.config["SECRET_KEY_FALLBACKS"].clear()
+    assert c.get("/get/b").text == "2", "a str key signs as the bytes key of the same text"
+
+
+def test_the_session_cookie_is_found_among_others_and_quoted() -> None:
+    app = flask_app()
+    set_cookie = app.test_client().get("/set/a/1").headers["Set-Cookie"]
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    c = app.test_client(use_cookies=False)
+    header = {"Cookie": f"xsession=junk; other=1;session={value}; session=later"}
+    assert c.get("/get/a", headers=header).text == "1", "the first cookie named session, not xsession"
+    assert c.get("/get/a", headers={"Cookie": f'session="{value}"'}).text == "1", "a quoted value"
+    assert c.get("/get/a", headers={"Cookie": "a=1; session=forged"}).text == "None"
+
+
+def test_vary_cookie_is_added_or_merged_into_the_apps_vary() -> None:
+    app = flask_app()
+
+    @app.route("/vary/<value>")
+    def own_vary(value: str) -> Any:
+        session.get("a")
+        return "ok", 200, {"Vary": value}
+
+    c = app.test_client()
+    c.get("/set/a/1")
+    assert c.get("/get/a").headers.get_all("Vary") == ["Cookie"]
+    assert c.get("/vary/Accept-Encoding").headers.get_all("Vary") == ["Accept-Encoding, Cookie"]
+    assert c.get("/vary/cookie").headers.get_all("Vary") == ["cookie"], "already there: not added twice"
+
+
 def test_an_invalid_samesite_value_raises_when_the_cookie_is_set() -> None:
     app = flask_app(SESSION_REFRESH_EACH_REQUEST=False)
     app.testing = True
