@@ -103,7 +103,7 @@ class MemcachedBackend(Figures):
         # A write this close to the lock's deadline first checks the lock and pushes the deadline out.
         self._write_margin_ms = int((timeout + 0.5) * 1000)
         # pymemcache's sockets have no finalizer: close them when a backend is dropped without close().
-        self._finalizer = weakref.finalize(self, close_clients, [n.client for n in self._nodes.values()])
+        self._finalizer = weakref.finalize(self, close_clients, list(self._nodes.values()))
 
     # -- reading copies ------------------------------------------------------------------------
 
@@ -528,7 +528,7 @@ class MemcachedBackend(Figures):
 
     def close(self) -> None:
         """Close every connection (the backend reconnects if used again)."""
-        close_clients([node.client for node in self._nodes.values()])
+        close_clients(list(self._nodes.values()))
 
 
 def _write_command(key: str, blob: bytes, exp: int, node: Node, copies: dict[Node, bytes | None]) -> bytes:

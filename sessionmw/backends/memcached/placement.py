@@ -28,7 +28,7 @@ from pymemcache.exceptions import (
 
 from ...core.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from .keys import data_key, lock_key
-from .meta import Reply, exchange, md, mg
+from .meta import Connections, Reply, md, mg
 
 __all__ = ["DEFAULT_ITEM_SIZE_MAX", "ITEM_OVERHEAD", "ORDER_CACHE", "Node", "Servers", "close_clients", "make_nodes"]
 
@@ -68,6 +68,11 @@ class Node:
     #: answers again.
     orphans: dict[str, str] = field(default_factory=dict)
     info_mutex: threading.Lock = field(default_factory=threading.Lock)
+    #: The idle connections of the meta commands (the pooled ``client`` keeps its own for the others).
+    meta: Connections = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.meta = Connections(self.client)
 
 
 def node_name(host: str, port: int) -> str:
@@ -93,10 +98,11 @@ def make_nodes(servers: Sequence[tuple[str, int]], connect_timeout: float, timeo
     return nodes
 
 
-def close_clients(clients: list[Any]) -> None:
-    """Close every connection of ``clients`` (they reconnect if used again)."""
-    for client in clients:
-        client.close()
+def close_clients(nodes: list[Node]) -> None:
+    """Close every idle connection to ``nodes`` (they reconnect if used again)."""
+    for node in nodes:
+        node.meta.close()
+        node.client.close()
 
 
 class Servers:
@@ -211,9 +217,9 @@ class Servers:
         orphans, node.orphans = node.orphans, {}
         try:
             for lock, token in orphans.items():
-                held = exchange(node.client, [mg(lock, "v c")])[0]
+                held = node.meta.exchange([mg(lock, "v c")])[0]
                 if held.value is not None and held.cas is not None and held.value.split(b" ")[0] == token.encode():
-                    exchange(node.client, [md(lock, held.cas)])
+                    node.meta.exchange([md(lock, held.cas)])
         except Exception:
             pass  # the server failed again: the locks expire by their deadline
 
@@ -256,7 +262,7 @@ class Servers:
 
     def _meta(self, node: Node, commands: list[bytes], size: int | None = None) -> list[Reply]:
         """Send meta ``commands`` to ``node`` in one round trip; return their replies."""
-        result: list[Reply] = self._run(node, exchange, node.client, commands, size=size)
+        result: list[Reply] = self._run(node, node.meta.exchange, commands, size=size)
         return result
 
     def _learn(self, node: Node) -> None:
