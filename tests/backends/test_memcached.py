@@ -283,6 +283,20 @@ def test_refused_connection_is_backend_unavailable_in_one_line(key_prefix: str) 
         b.close()
 
 
+def test_meta_connections_are_reused_and_closed_by_close(backend: MemcachedBackend) -> None:
+    """The meta commands keep their idle connections in a list: reused one after another, closed by close()."""
+    node = next(iter(backend._nodes.values()))
+    sid = new_session_id()
+    assert backend.create(sid, rec(), ttl=60)
+    for _ in range(5):
+        assert backend.load(sid) is not None
+    idle = list(node.meta._idle)
+    assert len(idle) == 1 and idle[0].sock is not None, "one caller at a time: one connection, kept open"
+    backend.close()
+    assert not node.meta._idle and idle[0].sock is None, "close() closes the idle connections"
+    assert backend.load(sid) is not None, "and the backend connects again"
+
+
 def test_stopped_server_is_unavailable_and_the_same_backend_recovers(
     memcached_server: ServerProcess | None, memcached_url: str, key_prefix: str
 ) -> None:
