@@ -29,8 +29,8 @@ EVERY = 0.3  # rotate_every in these tests
 PAST = 0.45  # a wait past it
 #: For tests whose requests after a rotation must all come before the next one is due, even on a
 #: loaded machine.
-LONG_EVERY = 1.0
-LONG_PAST = 1.15
+LONG_EVERY = 2.5
+LONG_PAST = 2.65
 
 
 @pytest.fixture(params=[*BACKENDS, *TIERED])
