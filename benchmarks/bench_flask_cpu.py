@@ -18,14 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +35,6 @@ KINDS = {
     "sessionmw-memcached": ("flask-sessionmw-memcached", "memcached"),
     "flask-session-memcached": ("flask-session-memcached", "memcached"),
 }
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def memcached_server() -> Iterator[str | None]:
-    """A private memcached on a free loopback port, or None when none is installed."""
-    binary = shutil.which("memcached")
-    if binary is None:
-        yield None
-        return
-    port = free_port()
-    argv = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        argv += ["-u", "nobody"]  # memcached refuses to run as root without a user to switch to
-    proc = subprocess.Popen(argv)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"memcached://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def build(kind: str, url: str) -> Callable[[], int]:
@@ -141,7 +104,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated kinds: " + ", ".join(KINDS))
     parser.add_argument("--profile", metavar="KIND", help="cProfile one kind instead, top 25 by own time")
     args = parser.parse_args()
-    from servers import redis_server
+    from servers import memcached_server, redis_server
 
     names = [k for k in args.only.split(",") if k] or list(KINDS)
     if args.profile:

@@ -591,9 +591,8 @@ def run_group(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every group in one run, with private Redis and memcached servers; the figures."""
-    from bench_backends import private_server
     from run_all import machine
-    from servers import redis_server
+    from servers import memcached_server, redis_server
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows: list[Row] = []
@@ -601,19 +600,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [Row(kind, title, "wrk not installed") for title, kinds in GROUPS for kind in kinds]
         return report(rows, args, started, machine())
 
-    def memcached_argv(binary: str, port: int) -> list[str]:
-        # memcached refuses to run as root unless told which user to be.
-        user = ["-u", "root"] if os.geteuid() == 0 else []
-        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "256", *user]
-
     with (
         redis_server(args.redis_url) as redis_url,
-        private_server(memcached_argv, "memcached") as memcached_port,
+        memcached_server(256) as memcached_url,
         tempfile.TemporaryDirectory(prefix="bench-http-") as tmp,
     ):
-        if memcached_port is not None and not wait_port(memcached_port, timeout=1):
-            memcached_port = None  # it did not start
-        urls = {"redis": redis_url, "memcached": f"memcached://127.0.0.1:{memcached_port}" if memcached_port else None}
+        urls = {"redis": redis_url, "memcached": memcached_url}
         for title, kinds in GROUPS:
             rows.extend(run_group(title, kinds, urls, args, tmp))
     return report(rows, args, started, machine())
