@@ -295,6 +295,9 @@ def test_async_twin_behaves_the_same(backend_url: str, key_prefix: str) -> None:
 
 #: The backend kinds that offer ``save_tail`` / ``asave_tail``; the others get whole saves.
 APPENDS = {"memory", "file", "redis", "redis-sentinel", "redis-cluster"}
+#: Those kinds as parameters: the tests of what the primitive does run on them only (nothing skipped).
+APPENDING = [p for p in BACKENDS + REDIS_TOPOLOGIES + TIERED if p.values[0] in APPENDS]
+on_appending = pytest.mark.parametrize("backend_url", APPENDING, indirect=True)
 
 
 def _kind(request: pytest.FixtureRequest) -> str:
@@ -316,8 +319,7 @@ def test_the_tail_primitive_is_offered_where_expected(
 
 
 def _appending(request: pytest.FixtureRequest, backend_url: str | TieredSpec, key_prefix: str) -> AsyncBackend:
-    if _kind(request) not in APPENDS:
-        pytest.skip("no tail primitive: the core writes whole records")
+    assert _kind(request) in APPENDS
     return open_async_backend(backend_url, key_prefix=key_prefix)
 
 
@@ -325,6 +327,7 @@ def _head(base: Record, **kw: Any) -> Record:
     return base._replace(data=b"", **kw)
 
 
+@on_appending
 @pytest.mark.parametrize("size", [pytest.param(20, id="small"), pytest.param(64_000, id="64KB")])
 @pytest.mark.parametrize(
     "agent", [pytest.param("ua/1", id="same head size"), pytest.param("ua/" + "2" * 300, id="longer head")]
@@ -371,6 +374,7 @@ def test_save_tail_appends_and_rewrites_the_metadata(
         asyncio.run(ab.aclose())
 
 
+@on_appending
 def test_save_tail_is_fenced_and_never_resurrects(
     request: pytest.FixtureRequest, backend_url: str | TieredSpec, key_prefix: str
 ) -> None:
@@ -407,6 +411,7 @@ def test_save_tail_is_fenced_and_never_resurrects(
         asyncio.run(ab.aclose())
 
 
+@on_appending
 def test_save_tail_then_touch_keeps_the_tail(
     request: pytest.FixtureRequest, backend_url: str | TieredSpec, key_prefix: str
 ) -> None:
@@ -432,12 +437,11 @@ def test_save_tail_then_touch_keeps_the_tail(
         asyncio.run(ab.aclose())
 
 
+@on_appending
 def test_sync_save_tail_matches_the_async_one(
     request: pytest.FixtureRequest, backend_url: str | TieredSpec, key_prefix: str
 ) -> None:
-    kind = _kind(request)
-    if kind not in APPENDS:
-        pytest.skip("no tail primitive: the core writes whole records")
+    assert _kind(request) in APPENDS
     b = open_backend(backend_url, key_prefix=key_prefix)
     try:
         assert isinstance(b, AppendsTail)
