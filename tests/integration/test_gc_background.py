@@ -465,13 +465,14 @@ def test_gc_interval_none_never_collects(
 ) -> None:
     journal = Journal()
     backend = Watched(open_backend(store_url(kind, request, shared_tmp), key_prefix=prefix), journal)
-    with site(adapter, backend, key_prefix=prefix, idle_timeout=0.2, gc_interval=None) as s:
+    # A second of idle timeout: a visitor's two requests stay in one session however slow the disk is.
+    with site(adapter, backend, key_prefix=prefix, idle_timeout=1.0, gc_interval=None) as s:
         assert s.sweeper.sweep is None
         s.new_session()
-        time.sleep(0.3)
+        time.sleep(1.1)  # the first session expired: a collection would be due
         s.new_session()
         assert journal.granted == journal.refused == journal.batches == []
-    with site(adapter, backend, key_prefix=prefix, idle_timeout=0.2, gc_interval=30) as s:
+    with site(adapter, backend, key_prefix=prefix, idle_timeout=1.0, gc_interval=30) as s:
         s.new_session()
         s.idle()
         assert len(journal.granted) == 1 and len(journal.batches) == 1, "the same site with gc on collects"
