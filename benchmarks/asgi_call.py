@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["call"]
+__all__ = ["call", "scope_for"]
 
 
-async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | None]:
-    """Call ``app`` once with a GET of ``path``; return the status and the new cookie (name=value), if any."""
+def scope_for(path: str, cookie: bytes | None) -> dict[str, Any]:
+    """The scope of a GET of ``path`` from a benchmark client, with ``cookie`` (name=value) if given."""
     headers = [(b"host", b"bench"), (b"user-agent", b"bench/1")]
     if cookie:
         headers.append((b"cookie", cookie))
-    scope = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -26,6 +26,11 @@ async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | 
         "client": ("127.0.0.1", 5000),
         "server": ("bench", 80),
     }
+
+
+async def call(app: Any, path: str, cookie: bytes | None) -> tuple[int, bytes | None]:
+    """Call ``app`` once with a GET of ``path``; return the status and the new cookie (name=value), if any."""
+    scope = scope_for(path, cookie)
     out: dict[str, Any] = {}
 
     async def receive() -> dict[str, Any]:

@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from asgi_call import scope_for
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -152,23 +152,7 @@ async def call(
 
     ``out["sent"]`` is the ``perf_counter()`` when the response's last body message went out.
     """
-    headers = [(b"host", b"bench"), (b"user-agent", b"bench/1")]
-    if cookie:
-        headers.append((b"cookie", cookie))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("bench", 80),
-    }
+    scope = scope_for(path, cookie)
     if out is None:
         out = {}
 
@@ -243,34 +227,6 @@ def redis_commands(client: Any) -> int:
     """Commands the Redis server has run so far (``INFO`` itself excluded)."""
     stats = client.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A redis-server of this benchmark's own, on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("no redis-server on PATH: pass --redis-url")
-    port = free_port()
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 KINDS = [
@@ -485,11 +441,12 @@ def main() -> None:
 
 @contextmanager
 def _redis(url: str | None) -> Iterator[str]:
-    if url is not None:
-        yield url
-        return
-    with private_redis() as private:
-        yield private
+    from servers import redis_server
+
+    with redis_server(url) as started:
+        if started is None:
+            sys.exit("no redis-server on PATH: pass --redis-url")
+        yield started
 
 
 if __name__ == "__main__":
