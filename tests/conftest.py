@@ -54,10 +54,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0) -> bool:
-    """Wait until something listens on 127.0.0.1:``port``."""
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Wait until something listens on 127.0.0.1:``port`` (no longer once ``proc``, its server, has exited)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
@@ -85,12 +87,27 @@ class ServerProcess:
     port: int
     proc: subprocess.Popen[bytes] | None = None
 
+    #: Whether the server has listened on its port: a restart must keep that port.
+    started: bool = False
+
     def start(self) -> None:
-        """Start (or restart) the server on its port and wait until it listens."""
-        self.proc = subprocess.Popen(self.argv_for(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_port(self.port):
+        """Start (or restart) the server on its port and wait until it listens.
+
+        A first start whose server exits at once (its port, picked free a moment before, was taken
+        since, e.g. as the local port of another connection) moves to another free port, twice at most.
+        """
+        for attempt in range(3):
+            argv = self.argv_for(self.port)
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if wait_port(self.port, proc=self.proc):
+                self.started = True
+                return
+            exited = self.proc.poll() is not None
             self.stop()
-            raise RuntimeError(f"{self.name} did not start on port {self.port}")
+            if self.started or not exited or str(self.port) not in argv or attempt == 2:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"{self.name} did not start on port {self.port}")
 
     def stop(self) -> None:
         """Kill the server."""

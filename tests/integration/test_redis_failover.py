@@ -151,13 +151,21 @@ def cluster_topology(folder: Path) -> Iterator[Topology]:
         missing("redis", "redis-cli is needed to create the private Redis Cluster")
     assert cli is not None
     nodes: list[ServerProcess] = []
+    # The bus port of each node's port (the default, port + 10000, may not be free): kept across a
+    # restart, picked anew when a first start moves the node to another port.
+    buses: dict[int, int] = {}
     for i in range(6):
         conf = f"nodes-{i}.conf"
-        bus = free_port()  # the bus port; the default, port + 10000, may not be free
         argv = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *FAST_SYNC, "--dir", str(folder),
-                "--cluster-enabled", "yes", "--cluster-config-file", conf, "--cluster-node-timeout", "1000",
-                "--cluster-port", str(bus)]  # fmt: skip
-        nodes.append(ServerProcess(f"cluster node {i}", lambda p, a=argv: [*a, "--port", str(p)], free_port()))
+                "--cluster-enabled", "yes", "--cluster-config-file", conf,
+                "--cluster-node-timeout", "1000"]  # fmt: skip
+        nodes.append(
+            ServerProcess(
+                f"cluster node {i}",
+                lambda p, a=argv: [*a, "--port", str(p), "--cluster-port", str(buses.setdefault(p, free_port()))],
+                free_port(),
+            )
+        )
     try:
         for n in nodes:
             n.start()
