@@ -17,9 +17,12 @@ instructions per request under valgrind's callgrind ((Ir(N) - Ir(0)) / N), which
 machine cannot disturb. With ``--baseline PATH`` (a source tree from before events, e.g.
 ``git worktree add /tmp/before <rev>``) the same requests, events off, are measured on that tree in
 a child process whose ``PYTHONPATH`` points at it: "events off" beside it is the cost of having events
-at all.
+at all. ``--compiled-out`` does the same against a copy of this tree that it makes itself, in which every
+test of whether listeners are configured is the constant ``False`` (``COMPILED_OUT``), so Python
+compiles the event code away: "events off" beside it is what those tests cost a site without listeners.
 
-    python benchmarks/bench_events.py [--requests 2000] [--repeat 7] [--instructions] [--baseline PATH] [--json FILE]
+    python benchmarks/bench_events.py [--requests 2000] [--repeat 7] [--instructions]
+                                      [--baseline PATH | --compiled-out] [--json FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ from servers import redis_server
 SETUPS = ["events off", "no-op listener", "Prometheus", "OpenTelemetry"]
 ROUTES = ["/write", "/read"]
 BASELINE = "before events"
+COMPILED = "events compiled out"
+
+#: The copy of this tree that ``--compiled-out`` measures: each (file, text, replacement) must match.
+#: The core's flows yield events and wrap flows for ``backend_unavailable`` only when ``listening``;
+#: the drivers time backend calls, lock holds and waiters only when ``timing``.
+COMPILED_OUT = [
+    ("sessionmw/core/opening.py", "self.listening", "False"),
+    ("sessionmw/core/closing.py", "self.listening", "False"),
+    ("sessionmw/drivers/_run_sync.py", "timing = listeners.timing", "timing = False"),
+    ("sessionmw/drivers/_run_async.py", "timing = listeners.timing", "timing = False"),
+]
 
 
 # -- the app and one request ----------------------------------------------------------------------
@@ -55,7 +69,7 @@ def noop(event: Any) -> None:
 
 def listeners_for(setup: str) -> list[Any]:
     """The ``listeners=`` of one set-up."""
-    if setup in ("events off", BASELINE):
+    if setup in ("events off", BASELINE, COMPILED):
         return []
     if setup == "no-op listener":
         return [noop]
@@ -141,6 +155,21 @@ def run_child(tree: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def compiled_out_tree(dest: str) -> str:
+    """Copy this tree's ``sessionmw`` into ``dest`` with the event code compiled out (``COMPILED_OUT``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, "sessionmw"), os.path.join(dest, "sessionmw"))
+    for name, text, replacement in COMPILED_OUT:
+        path = os.path.join(dest, name)
+        with open(path) as f:
+            source = f.read()
+        if text not in source:
+            sys.exit(f"--compiled-out: {name} no longer contains {text!r}; update COMPILED_OUT")
+        with open(path, "w") as f:
+            f.write(source.replace(text, replacement))
+    return dest
+
+
 # -- instruction counts -----------------------------------------------------------------------------
 
 
@@ -213,6 +242,9 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="also count instructions under callgrind")
     parser.add_argument("--instr-requests", type=int, default=300, help="requests per instruction count")
     parser.add_argument("--baseline", metavar="PATH", help="a source tree from before events, measured events off")
+    parser.add_argument(
+        "--compiled-out", action="store_true", help="also measure this tree with the event code compiled out"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = parser.parse_args()
 
@@ -221,7 +253,12 @@ def main() -> None:
         import opentelemetry.sdk  # noqa: F401
     except ImportError:
         setups.remove("OpenTelemetry")
-    columns = [*([BASELINE] if args.baseline else []), *setups]
+    base = BASELINE
+    if args.compiled_out:
+        if args.baseline:
+            parser.error("--baseline and --compiled-out are exclusive")
+        args.baseline, base = compiled_out_tree(tempfile.mkdtemp(prefix="sessionmw-no-events-")), COMPILED
+    columns = [*([base] if args.baseline else []), *setups]
 
     with redis_server(args.redis_url) as redis:
         backends = {"memory": f"memory://bench-{uuid.uuid4().hex[:6]}"}
@@ -235,18 +272,18 @@ def main() -> None:
             micro[name] = asyncio.run(timings(setups, url, args.requests, args.repeat))
             if args.baseline:
                 out = run_child(args.baseline, "--time-child", url, str(args.requests), str(args.repeat)).stdout
-                micro[name][BASELINE] = json.loads(out.strip().splitlines()[-1])
+                micro[name][base] = json.loads(out.strip().splitlines()[-1])
             if args.instructions:
                 if shutil.which("valgrind") is None:
                     sys.exit("valgrind is not installed (apt-get install valgrind)")
                 instr[name] = {
                     setup: {
                         path: instructions(
-                            "events off" if setup == BASELINE else setup,
+                            "events off" if setup == base else setup,
                             url,
                             path,
                             args.instr_requests,
-                            args.baseline if setup == BASELINE else None,
+                            args.baseline if setup == base else None,
                         )
                         for path in ROUTES
                     }
