@@ -1,6 +1,8 @@
-"""The memcached backend's primitives: lock, load, save, release, touch, delete; gc and figures.
+"""The memcached backend's primitives: lock, load, create, save, release, touch, extend, delete.
 
-See the package's notes (:mod:`sessionmw.backends.memcached`) for why each is shaped so.
+They compose the servers' ranking (:mod:`.placement`), the session's copies (:mod:`.copies`) and the
+administration (:mod:`.figures`). See the package's notes (:mod:`sessionmw.backends.memcached`) for
+why each is shaped so.
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ...core.errors import BackendUnavailable, ConfigError, RecordTooLarge
 from ..base import Record, Touch, encode_record
 from . import keys
+from .copies import TOUCH_ATTEMPTS as TOUCH_ATTEMPTS
+from .copies import Copies, Hold
 from .figures import STATS_FIGURES as STATS_FIGURES
 from .figures import SUMMED_FIGURES as SUMMED_FIGURES
 from .figures import Figures
@@ -32,7 +35,6 @@ __all__ = [
 
 logger = logging.getLogger("sessionmw")
 
-TOUCH_ATTEMPTS = 5
 LOCK_ATTEMPTS = 3
 #: Failed calls in a row after which a server is ejected (with several servers).
 DEFAULT_FAIL_LIMIT = 2
@@ -42,22 +44,7 @@ DEFAULT_RETRY_AFTER = 5.0
 HOLDS_PRUNE_AT = 4096
 
 
-@dataclass(slots=True)
-class Hold:
-    """What a lock holder read: where its lock is, and each copy's CAS, so its write is fenced by them."""
-
-    token: str
-    lock_node: Node
-    lock_cas: bytes
-    deadline_ms: int
-    #: The data CAS of each server read under the lock (``None``: that server had no copy).
-    copies: dict[Node, bytes | None]
-    #: The freshest record read, and its version (-1 when there was none).
-    record: Record | None
-    version: int
-
-
-class MemcachedBackend(Figures):
+class MemcachedBackend(Copies, Figures):
     """Sessions on memcached servers, each on ``replicas`` servers of its rendezvous ranking, locked on the first.
 
     :param servers: ``(host, port)`` of every server.
@@ -104,39 +91,6 @@ class MemcachedBackend(Figures):
         self._write_margin_ms = int((timeout + 0.5) * 1000)
         # pymemcache's sockets have no finalizer: close them when a backend is dropped without close().
         self._finalizer = weakref.finalize(self, close_clients, list(self._nodes.values()))
-
-    # -- reading copies ------------------------------------------------------------------------
-
-    def _read_copies(self, order: Sequence[Node], key: str, copies: dict[Node, Reply]) -> dict[Node, Reply]:
-        """Add to ``copies`` the replies of ``mg`` on the next servers in service, up to ``replicas`` of them.
-
-        A server that fails is replaced by the next one of the list; raises when none answered at all.
-        """
-        tried: list[Node] = list(copies)
-        last: BackendUnavailable | None = None
-        while len(copies) < self.replicas:
-            nodes = self._live(order, self.replicas - len(copies), tried)
-            if not nodes:
-                break
-            for node in nodes:
-                tried.append(node)
-                try:
-                    copies[node] = self._meta(node, [mg(key, "v c t")])[0]
-                except BackendUnavailable as exc:
-                    last = exc
-        if not copies:
-            raise last if last is not None and len(self._nodes) == 1 else self._none_live(order, last)
-        return copies
-
-    @staticmethod
-    def _freshest(copies: dict[Node, Reply]) -> tuple[int, Record | None]:
-        """The highest ``(version, record)`` among ``copies`` (a tombstone wins, as no record)."""
-        best: tuple[int, Record | None] = (-1, None)
-        for reply in copies.values():
-            found = version_of(reply.value)
-            if found[0] > best[0]:
-                best = found
-        return best
 
     # -- the lock ------------------------------------------------------------------------------
 
@@ -221,14 +175,6 @@ class MemcachedBackend(Figures):
                 holds.pop(old, None)
         holds[token] = hold
 
-    def _unlock_quietly(self, node: Node, lock: str, lock_cas: bytes, token: str = "") -> None:
-        try:
-            self._meta(node, [md(lock, lock_cas)])
-        except Exception:
-            if token:
-                self._orphan(node, lock, token)  # removed when the server answers again
-            # best effort, while another error is on its way
-
     def extend(self, sid: str, token: str, expire: float) -> bool:
         """Push the lock's deadline to ``expire`` seconds from now, if ``token`` still holds it."""
         hold = self._holds.get(token)
@@ -311,139 +257,6 @@ class MemcachedBackend(Figures):
             assert record.user_id is not None
             self._index_remove(record.user_id, [sid], quiet=True)
         return stored
-
-    def _still_ours(self, hold: Hold, lock: str) -> bool:
-        """Whether ``hold``'s lock is still its own when it writes; near or past its deadline, check and push it out.
-
-        Within the deadline nobody can take the lock, so the copies' CAS fence the write. Past it, the
-        lock may have expired in memcached and been added anew by another request that has not written
-        yet: the lock's own CAS tells (a new item has a new CAS), and pushing the deadline out keeps
-        anyone from taking it while this write is under way. A lock server that is out of service is
-        left to the copies' CAS (see the package's notes).
-        """
-        now = now_ms()
-        if now + self._write_margin_ms < hold.deadline_ms or hold.lock_node.down_until:
-            return True
-        deadline = now + 2 * self._write_margin_ms
-        try:
-            pushed = self._meta(
-                hold.lock_node,
-                [
-                    ms(
-                        lock,
-                        lock_value(hold.token, deadline),
-                        exptime(2 * self._write_margin_ms / 1000),
-                        cas=hold.lock_cas,
-                    )
-                ],
-            )[0]
-        except BackendUnavailable:
-            return True
-        if not pushed.ok or pushed.cas is None:
-            return False
-        hold.lock_cas, hold.deadline_ms = pushed.cas, deadline
-        return True
-
-    def _write(
-        self,
-        order: Sequence[Node],
-        key: str,
-        blob: bytes,
-        exp: int,
-        copies: dict[Node, bytes | None],
-        version: int,
-        hold: Hold | None = None,
-        lock: str = "",
-    ) -> bool:
-        """Write ``blob`` to the first ``replicas`` servers in service; with ``hold``, release its lock too.
-
-        A server read under the lock is written with the CAS read then (``copies``); one that had no copy
-        is written with ``add``; one not read at all (it came back since) with ``set``. A write that finds
-        its copy changed is retried only when the change was a touch (the same ``version``); a newer
-        version, a deletion or a tombstone is a conflict: the writes already made are taken back and the
-        answer is ``False``. A server that fails is replaced by the next one of the list.
-        """
-        written: list[tuple[Node, bytes]] = []
-        tried: list[Node] = []
-        released = hold is None
-        last: BackendUnavailable | None = None
-        conflict = False
-        if hold is not None and hold.lock_node in self._live(order, self.replicas):
-            tried.append(hold.lock_node)
-            nodes = [hold.lock_node]  # the lock's server first: its copy decides, and the release rides along
-        else:
-            nodes = []
-        while not conflict:
-            nodes = nodes or self._live(order, self.replicas - len(written), tried)
-            if not nodes:
-                break
-            for node in nodes:
-                if node not in tried:
-                    tried.append(node)
-                commands = [_write_command(key, blob, exp, node, copies)]
-                unlocks = hold is not None and node is hold.lock_node
-                if unlocks:
-                    assert hold is not None
-                    commands.append(md(lock, hold.lock_cas))
-                    released = True
-                try:
-                    replies = self._meta(node, commands, size=len(blob))
-                    reply = replies[0]
-                    if not reply.ok:
-                        reply = self._rewrite(node, key, blob, exp, copies, version)
-                except BackendUnavailable as exc:
-                    if unlocks:
-                        assert hold is not None
-                        self._orphan(node, lock, hold.token)  # our unlock may not have run
-                    last = exc
-                    continue
-                if reply.ok and reply.cas is not None:
-                    written.append((node, reply.cas))
-                else:
-                    conflict = True
-                    break
-            nodes = []
-            if len(written) >= self.replicas:
-                break
-        if not released and hold is not None:
-            if hold.lock_node.down_until:
-                self._orphan(hold.lock_node, lock, hold.token)
-            else:
-                self._unlock_quietly(hold.lock_node, lock, hold.lock_cas, hold.token)
-        if conflict:
-            for node, cas in written:
-                try:
-                    self._meta(node, [md(key, cas)])  # take our copy back: it lost to a newer one
-                except BackendUnavailable:
-                    pass
-            return False
-        if not written:
-            if last is not None and len(self._nodes) == 1:
-                raise last
-            raise self._none_live(order, last)
-        return True
-
-    def _rewrite(
-        self, node: Node, key: str, blob: bytes, exp: int, copies: dict[Node, bytes | None], version: int
-    ) -> Reply:
-        """Retry a write that found its copy changed, if only touched since; else return the failed reply."""
-        reply = Reply(b"EX", {}, None)
-        for _ in range(TOUCH_ATTEMPTS):
-            current = self._meta(node, [mg(key, "v c")])[0]
-            found, _ = version_of(current.value)
-            if current.value is None:
-                if copies.get(node) is not None:
-                    return Reply(b"NF", {}, None)  # deleted since: never bring it back
-                reply = self._meta(node, [ms(key, blob, exp, mode="E")])[0]
-            elif found > version and not (version < 0 and current.value == TOMBSTONE):
-                return Reply(
-                    b"EX", {}, None
-                )  # written (or ended) by someone else since; a create may reuse an ended id
-            else:
-                reply = self._meta(node, [ms(key, blob, exp, cas=current.cas)])[0]
-            if reply.ok:
-                return reply
-        return reply
 
     def release(self, sid: str, token: str, touch: Touch | None) -> bool:
         """Release the lock if ``token`` holds it, refreshing last access first when ``touch`` is given."""
@@ -529,11 +342,3 @@ class MemcachedBackend(Figures):
     def close(self) -> None:
         """Close every connection (the backend reconnects if used again)."""
         close_clients(list(self._nodes.values()))
-
-
-def _write_command(key: str, blob: bytes, exp: int, node: Node, copies: dict[Node, bytes | None]) -> bytes:
-    """The ``ms`` of one copy: with the CAS read under the lock, ``add`` where there was none, else ``set``."""
-    if node in copies:
-        cas = copies[node]
-        return ms(key, blob, exp, cas=cas) if cas is not None else ms(key, blob, exp, mode="E")
-    return ms(key, blob, exp)
