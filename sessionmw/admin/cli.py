@@ -10,16 +10,14 @@ open a store that must exist: they never create a database file, table or direct
 
 Sessions are named by their handle (``SessionInfo.sid``), an opaque string: ``list`` shows the
 shortest prefix of at least :data:`SHORT` characters that tells the listed sessions apart, and
-``kill`` takes any unique prefix of at least that length, as git does with commits.
+``kill`` takes any unique prefix of at least that length, as git does with commits. How sessions and
+figures look on a terminal is :mod:`.display`'s part.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import itertools
 import json
-import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -27,32 +25,15 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
-from rich.cells import cell_len
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..core.errors import SessionError
+from .display import SHORT, abbreviated, console, err_console, figures_table, progress_display, sessions_table
+from .display import human_bytes as _human_bytes  # noqa: F401  (tests/cli import it from here)
 
 __all__ = ["SHORT", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Fewest characters of a session's name that ``list`` shows and ``kill`` takes (the web demo shows as many).
-SHORT = 8
-
-# The table of `list`: columns two spaces apart, a user id folded past this width, a user agent
-# shown only when this many of its characters fit.
-_GAP = 2
-_USER_WIDTH = 24
-_MIN_AGENT_WIDTH = 12
-
-#: Figures that are sizes in bytes (also under a tiered store's ``fast_`` and ``durable_`` prefixes).
-_BYTE_FIGURES = frozenset({"bytes", "limit_maxbytes", "used_memory"})
-
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> Any:
@@ -167,97 +148,6 @@ def _store(backend: str, key_prefix: str, durable_backend: str | None = None) ->
             pass
 
 
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
-
-
-def _short_length(names: list[str]) -> int:
-    """The fewest characters, at least :data:`SHORT`, that tell every one of ``names`` apart (git's short ids)."""
-    length = SHORT
-    ordered = sorted(names)
-    for a, b in itertools.pairwise(ordered):  # only neighbours in sorted order can share the longest prefix
-        common = len(os.path.commonprefix([a, b]))
-        length = max(length, common + 1)
-    return length
-
-
-def _abbreviated(name: str) -> str:
-    return name if len(name) <= SHORT else name[:SHORT] + "…"
-
-
-def _sessions_table(title: str, infos: list[Any], width: int) -> Table:
-    """The table of ``list`` for a terminal ``width`` columns wide.
-
-    The name's prefix (what ``kill`` takes), the user and both dates are always shown whole; the last
-    IP, the first IP and the user agent (cut with an ellipsis) follow as far as the width allows.
-    ``--json`` has everything.
-    """
-    short = _short_length([i.sid for i in infos])
-    cells: dict[str, list[str]] = {
-        "session": [i.sid[:short] for i in infos],
-        "user": ["" if i.user_id is None else str(i.user_id) for i in infos],
-        "created": [_when(i.created) for i in infos],
-        "last access": [_when(i.last_access) for i in infos],
-        "first IP": [i.first_ip or "" for i in infos],
-        "last IP": [i.last_ip or "" for i in infos],
-        "user agent": [i.user_agent or "" for i in infos],
-    }
-
-    def natural(name: str, most: int = 1000) -> int:
-        return min(most, max(cell_len(value) for value in [name, *cells[name]]))
-
-    # Columns are two spaces apart. A long user id folds onto more lines rather than push the dates out.
-    budget = width - sum(natural(n, _USER_WIDTH) + _GAP for n in ("session", "user", "created", "last access")) + _GAP
-    shown = {"session", "user", "created", "last access"}
-    for name in ("last IP", "first IP"):
-        if natural(name) + _GAP <= budget:
-            shown.add(name)
-            budget -= natural(name) + _GAP
-    agent_width = min(natural("user agent"), budget - _GAP)
-    if agent_width >= _MIN_AGENT_WIDTH:
-        shown.add("user agent")
-
-    table = Table(title=Text(title), box=None, pad_edge=False, header_style="bold")
-    for name in cells:
-        if name not in shown:
-            continue
-        if name == "user":
-            table.add_column(name, overflow="fold", max_width=_USER_WIDTH)
-        elif name == "user agent":
-            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=agent_width)
-        else:
-            table.add_column(name, no_wrap=True)
-    for row in zip(*(cells[name] for name in cells if name in shown), strict=True):
-        table.add_row(*map(Text, row))  # as they are: a user agent's "[b]" is no markup
-    return table
-
-
-def _human_bytes(n: float) -> str:
-    """``n`` bytes as ``512 B``, ``1.2 MiB``..."""
-    value, unit = float(n), "B"
-    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{int(n)} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def _figure(name: str, value: float) -> str:
-    """One figure of ``stats`` for the table: a time, a size, a count."""
-    if name == "oldest":
-        return _when(value)
-    if name.removeprefix("fast_").removeprefix("durable_") in _BYTE_FIGURES:
-        return _human_bytes(value)
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return f"{value:.3f}".rstrip("0").rstrip(".")
-
-
-def _progress(*columns: Any) -> Progress:
-    """A progress display on stderr, shown only on a terminal and erased when done, so an error is the only line."""
-    return Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal)
-
-
 def _confirm(question: str) -> None:
     """Ask ``question`` and exit unless the answer is yes; an answer piped to stdin counts, an empty stdin refuses."""
     if sys.stdin.isatty():
@@ -308,7 +198,7 @@ def list_(backend: str, durable_backend: str | None, key_prefix: str, as_json: b
         return
     title = f"{len(infos)} session(s) in {_where(backend, durable_backend)}"
     if infos:
-        console.print(_sessions_table(title, infos, console.width))
+        console.print(sessions_table(title, infos, console.width))
     else:
         click.echo(title)
 
@@ -348,7 +238,7 @@ def kill(
         if sid is not None:
             sid = _resolve(store, sid, where)
         if sid is not None:
-            what = f"session {_abbreviated(sid)}"
+            what = f"session {abbreviated(sid)}"
         elif user_id is not None:
             what = f"every session of user {user_id!r}"
         else:
@@ -360,7 +250,7 @@ def kill(
             if not ended:
                 if as_json:
                     click.echo(json.dumps({"ended": 0}))
-                _fail(f"no session {_abbreviated(sid)} in {where}")
+                _fail(f"no session {abbreviated(sid)} in {where}")
         elif user_id is not None:
             ended = store.terminate_user(user_id)
         else:
@@ -379,7 +269,7 @@ def gc(backend: str, durable_backend: str | None, key_prefix: str, as_json: bool
         if as_json:
             removed = store.gc()
         else:
-            with _progress(
+            with progress_display(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()
             ) as progress:
                 where = _where(backend, durable_backend)
@@ -402,12 +292,7 @@ def stats(backend: str, durable_backend: str | None, key_prefix: str, as_json: b
     if as_json:
         click.echo(json.dumps(figures))
     else:
-        table = Table(title=Text(f"sessions in {_where(backend, durable_backend)}"))
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        for name, value in figures.items():
-            table.add_row(name, _figure(name, value))
-        console.print(table)
+        console.print(figures_table(f"sessions in {_where(backend, durable_backend)}", figures))
     if evicted and "fast_available" in figures:
         err_console.print(
             f"[yellow]note:[/] the fast tier evicted {int(evicted)} item(s); the durable tier keeps every session, "
@@ -462,7 +347,7 @@ def migrate(source: str, durable_backend: str | None, target: str, key_prefix: s
             copied = store.migrate(target)
         else:
             total = store.count()
-            with _progress(
+            with progress_display(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
             ) as progress:
                 task = progress.add_task(f"{_where(source, durable_backend)} → {_display(target)}", total=total)
