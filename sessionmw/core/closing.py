@@ -21,11 +21,11 @@ new, unchanged or empty           nothing                          none
 ================================  ===============================  ==========================
 
 Every backend operation names a session by its handle (:mod:`.handles`), and every record written
-goes through :class:`~.envelope.AtRest` (dated, encrypted) and the size limit first (:mod:`.limits`):
-a session over ``max_session_bytes`` raises ``RecordTooLarge`` before any backend call, and the
-lock is released with the stored record as it was (:class:`~.errors.RecordTooLarge`).
+goes through :class:`~.envelope.AtRest` (dated, encrypted) and the size limit first (:mod:`.sealing`,
+:mod:`.limits`): a session over ``max_session_bytes`` raises ``RecordTooLarge`` before any backend
+call, and the lock is released with the stored record as it was (:class:`~.errors.RecordTooLarge`).
 
-A changed session that keeps its id is written as a *tail* where it can be (:meth:`Closing._tail`,
+A changed session that keeps its id is written as a *tail* where it can be (:func:`.tails.changed_tail`,
 :mod:`.patches`): the changed keys appended to the stored data with the metadata rewritten, fenced and
 released as a save is, by the backend's optional ``save_tail``; else, and at each compaction, whole.
 
@@ -38,25 +38,20 @@ new session and gets its cookie. ``regenerate()`` and ``bind_user()`` delete the
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Generator
-from datetime import date, datetime
-from typing import Any
 
 from ..backends.base import Record
-from .config import Settings
 from .cookies import IdSigner, format_delete_cookie, format_set_cookie, new_session_id
-from .envelope import AtRest, is_forward
+from .envelope import is_forward
 from .events import emit, tell_unavailable
 from .handles import handle_of
 from .lifetime import Lifetime
-from .limits import near_limit_message, too_large, warn_size
 from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, SaveTail, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
-from .patches import JSON_SERIALIZERS, MIN_BASE, compacts, frame, measure, merge
-from .serializers import Serializer
+from .sealing import Sealing
 from .session import Session
 from .state import RequestState
+from .tails import changed_tail
 
 __all__ = ["Closing"]
 
@@ -65,19 +60,13 @@ CREATE_ATTEMPTS = 3
 _WRITTEN = "the session was already written back (release() or response start)"
 _RELEASED = "the session was released; changes after release() are not saved"
 _FAILED = "the request failed; its session changes were not saved"
-#: Value types that cannot change in place: a key holding one changed only if it was set.
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, datetime, date, uuid.UUID})
 
 
-class Closing:
+class Closing(Sealing):
     """The flows that write a session back (part of :class:`~sessionmw.core.policy.SessionCore`)."""
 
-    settings: Settings
     signer: IdSigner
-    serializer: Serializer
     lifetime: Lifetime
-    at_rest: AtRest
-    listening: bool
     #: Write a changed session as a tail of its changed keys where it can (:mod:`.patches`); set
     #: false when the backend turns out to have no such primitive, or to write whole records always.
     tails: bool = True
@@ -212,7 +201,18 @@ class Closing:
         if token is None:  # pragma: no cover - a stored, writable session always holds its lock
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
         saved: bool | None = None
-        tail = self._tail(s, data, rec, key) if self.tails else None
+        tail = None
+        if self.tails:
+            tail = changed_tail(
+                data,
+                s._changed,
+                st.user_id,
+                rec,
+                key,
+                serializer=self.serializer,
+                at_rest=self.at_rest,
+                max_session_bytes=self.settings.max_session_bytes,
+            )
         if tail is not None:
             head, ttl = lifetime.record(st, b"", now, req)
             saved = yield from SaveTail(key, head, tail, token, ttl)
@@ -235,58 +235,6 @@ class Closing:
                 req.path or "?",
             )
         return self._refresh(sid, st, now, signer)
-
-    def _tail(self, s: Session, data: dict[str, Any], rec: Record, key: str) -> bytes | None:
-        """Return the frame holding what changed in ``s`` since ``rec`` was loaded, or ``None`` to write it whole.
-
-        Whole, not a tail: for stored data under :data:`.patches.MIN_BASE` bytes, with encryption at
-        rest (it seals the whole data) or another serializer than the built-in JSON ones, when the user
-        changed, when the stored data cannot be measured, when the tail would call for compaction
-        (:func:`.patches.compacts`), and within a quarter of
-        ``max_session_bytes`` (the whole write checks the limit and warns). A changed key is one
-        set or removed in this request, or one whose value is mutable and serializes otherwise
-        than it did when loaded (an in-place change of a nested value).
-        """
-        if len(rec.data) < MIN_BASE:
-            return None  # a small session: written whole, at no extra cost
-        serializer = self.serializer
-        st = s._state
-        if self.at_rest.cipher is not None or type(serializer) not in JSON_SERIALIZERS or st.user_id != rec.user_id:
-            return None
-        payload = self.at_rest.open(rec, key).payload
-        if payload is None:
-            return None
-        try:
-            stored = measure(payload)
-        except ValueError:
-            return None
-        changed = s._changed
-        keys: list[str] = []
-        suspects: list[str] = []
-        for k, v in data.items():
-            if type(k) is not str:
-                return None  # its name in the changed set is str(k): write it whole
-            if k in changed:
-                keys.append(k)
-            elif type(v) not in _IMMUTABLE:
-                suspects.append(k)
-        if suspects:
-            try:
-                loaded = merge(payload, serializer.loads)
-            except Exception:
-                return None
-            dumps = serializer.dumps
-            for k in suspects:
-                if k not in loaded or dumps({k: data[k]}) != dumps({k: loaded[k]}):
-                    keys.append(k)
-        removed = [k for k in changed if k not in data]
-        tail = frame(removed, serializer.dumps({k: data[k] for k in keys}))
-        if compacts(stored, len(tail)):
-            return None
-        limit = self.settings.max_session_bytes
-        if limit is not None and len(rec.data) + len(tail) > limit * 0.75:
-            return None
-        return tail
 
     def _rotate(
         self,
@@ -421,29 +369,6 @@ class Closing:
         if st.bound_now:
             yield emit("bound", req.path, handle, st.user_id)
 
-    def _sealed(
-        self, s: Session, data: dict[str, Any], rec: Record, handle: str, since: float, req: RequestFacts
-    ) -> Generator[Op, object, Record]:
-        """Return ``rec`` as stored under ``handle``, or raise :class:`RecordTooLarge` (before any write).
-
-        Logs a warning when the session passes three quarters of ``max_session_bytes``.
-        """
-        sealed = self.at_rest.seal(rec, handle, since)
-        limit = self.settings.max_session_bytes
-        if limit is None:
-            return sealed
-        size = len(sealed.data)
-        st = s._state
-        if size > limit:
-            if self.listening:
-                yield emit("too_large", req.path, st.handle or handle, st.user_id)
-            raise too_large(size, limit, data, self.serializer, _backend_name(self.settings.backend))
-        previous = len(st.record.data) if st.record is not None else 0
-        if warn_size(size, previous, limit):
-            message = near_limit_message(size, limit, data, self.serializer)
-            yield Log(logging.WARNING, "%s (on %s)", message, req.path or "?")
-        return sealed
-
     def abort(self, s: Session) -> Generator[Op, object, None]:
         """Release ``s``'s lock without writing anything: the app raised, or the response failed.
 
@@ -491,18 +416,3 @@ class Closing:
         if now - signed_at >= max(1.0, self.lifetime.touch_every):
             return CookieAction("set", signer.sign(sid))
         return None
-
-
-def _backend_name(backend: Any) -> str:
-    """A backend option for messages, with any password removed."""
-    name = getattr(backend, "name", None)
-    if isinstance(name, str):
-        return name
-    if isinstance(backend, str):
-        from ..backends._url import parse_backend_url
-
-        try:
-            return parse_backend_url(backend).display
-        except Exception:
-            return backend.split("://", 1)[0] + "://..."
-    return "the default file backend" if backend is None else type(backend).__name__
