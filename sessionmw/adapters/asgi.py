@@ -11,24 +11,22 @@ An endpoint that leaves its session untouched gets it deferred: not loaded, not 
 (its FastAPI dependencies, sync or async); this module tells the core's
 :class:`~sessionmw.core.route.Predictions` what each request did, and answers a misprediction: the
 request runs again with its session loaded (a safe method) or gets a 503 (:mod:`.asgi_exchange`
-carries the messages).
+carries the messages). A configuration error met while Starlette builds the middleware stack fails
+the lifespan start-up (:mod:`.asgi_startup`).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import inspect
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..backends import AsyncBackend, Backend, open_async_backend
-from ..core.config import OPTION_NAMES, build_settings, unknown_option_error
+from ..core.config import OPTION_NAMES, build_settings
 from ..core.errors import BackendUnavailable, ConfigError, SessionUnavailable
 from ..core.hooks import failure_of
 from ..core.policy import SessionCore
@@ -47,7 +45,8 @@ __all__ = ["SessionMiddleware", "find_starlette_endpoint", "load_session"]
 ROUTE_CACHE_SIZE = 4096
 
 
-_KEYWORDS = (*OPTION_NAMES, "app", "error_response")
+#: The keywords ``SessionMiddleware`` takes: its options, the app and the error page.
+KEYWORDS = (*OPTION_NAMES, "app", "error_response")
 
 
 class SessionMiddleware:
@@ -68,10 +67,12 @@ class SessionMiddleware:
         # Python would reject an unknown keyword with a bare TypeError before __init__ runs; answer it
         # with a ConfigError naming the closest option instead. (A **kwargs on __init__ would do the
         # same but break the typing of Starlette's Middleware(SessionMiddleware, ...).)
-        if any(name not in _KEYWORDS for name in kwargs):
-            error = _keywords_error(args, kwargs)
-            if _built_by_starlette(sys._getframe(0)):
-                return _Misconfigured.holding(error)
+        if any(name not in KEYWORDS for name in kwargs):
+            from .asgi_startup import Misconfigured, built_by_starlette, keywords_error  # it imports this module
+
+            error = keywords_error(args, kwargs)
+            if built_by_starlette(sys._getframe(0)):
+                return Misconfigured.holding(error)
             raise error
         return super().__new__(cls)
 
@@ -122,13 +123,14 @@ class SessionMiddleware:
             self.backend = open_async_backend(backend_spec(self.settings), key_prefix=key_prefix)
             bound_failover_wait(self.backend, self.settings)
         except ConfigError as exc:
-            if not _built_by_starlette(sys._getframe(0)):
+            from .asgi_startup import Misconfigured, built_by_starlette  # it imports this module
+
+            if not built_by_starlette(sys._getframe(0)):
                 raise
             # Raised here, the error would leave Starlette's stack unbuilt: the server would take the
             # lifespan for unsupported, start, and answer every request 500. Become the stand-in that
             # fails the start-up with the message instead.
-            self.__class__ = _Misconfigured
-            self.error = exc
+            Misconfigured.take_over(self, exc)
             return
         self.driver = AsyncDriver(self.backend, self.settings.lock_expire)
         self.driver.listeners = self.core.listeners
@@ -371,81 +373,3 @@ class SessionMiddleware:
         """Close the backend's connections (for app shutdown)."""
         await self.sweeper.aclose()
         await self.backend.aclose()
-
-
-class _Misconfigured(SessionMiddleware):
-    """What Starlette's lazily built stack holds in place of a middleware whose options are wrong.
-
-    Starlette builds its middleware on the first call, the lifespan start-up. A ``ConfigError`` raised
-    there reads to uvicorn as "lifespan unsupported": the server starts and every request fails. This
-    stand-in answers the start-up with ``lifespan.startup.failed`` and the one-line message (the server
-    prints it and exits), then raises the error; every other scope raises it too.
-    """
-
-    error: ConfigError
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Do nothing: a stand-in comes from :meth:`holding` or from a failed ``SessionMiddleware.__init__``."""
-
-    @classmethod
-    def holding(cls, error: ConfigError) -> _Misconfigured:
-        """Return a stand-in that fails with ``error``."""
-        failed = object.__new__(cls)
-        failed.error = error
-        return failed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed", "message": self.error.message})
-        # A copy each time: raising one exception object again and again would grow its traceback.
-        raise copy.copy(self.error)
-
-
-def _keywords_error(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ConfigError:
-    """Return the error for a construction with unknown keywords, naming every bad option at once."""
-    options = dict(zip(_POSITIONAL, args, strict=False))
-    options.update(kwargs)
-    for name in ("app", "error_response"):
-        options.pop(name, None)
-    try:
-        build_settings(**options)
-    except ConfigError as exc:
-        return exc
-    # build_settings names unknown options; should it not, name the first one here.
-    return unknown_option_error(next(n for n in kwargs if n not in _KEYWORDS), _KEYWORDS)  # pragma: no cover
-
-
-#: The positional parameters of ``SessionMiddleware(app, secret_key, session_cookie, ...)``, in order.
-_POSITIONAL = tuple(
-    name
-    for name, parameter in inspect.signature(SessionMiddleware.__init__).parameters.items()
-    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
-)
-
-
-def _built_by_starlette(frame: FrameType | None) -> bool:
-    """Whether the constructor running in ``frame`` was called by Starlette's ``build_middleware_stack``.
-
-    Only there is a ``ConfigError`` turned into a failed lifespan start-up; a direct construction
-    raises it. Constructors of subclasses calling ``super().__init__`` are looked through.
-    """
-    from starlette.applications import Starlette
-
-    try:
-        while frame is not None and frame.f_code.co_name in ("__new__", "__init__"):
-            first = frame.f_locals.get("self", frame.f_locals.get("cls"))
-            if not (
-                isinstance(first, SessionMiddleware)
-                or (isinstance(first, type) and issubclass(first, SessionMiddleware))
-            ):
-                break
-            frame = frame.f_back
-        return (
-            frame is not None
-            and frame.f_code.co_name == "build_middleware_stack"
-            and isinstance(frame.f_locals.get("self"), Starlette)
-        )
-    finally:
-        del frame  # a frame held in a local keeps its whole stack alive
