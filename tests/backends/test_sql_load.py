@@ -135,7 +135,7 @@ def _increment(b: SQLBackend, sid: str, errors: list[BaseException]) -> None:
 def test_many_threads_never_see_database_is_locked_and_lose_no_update(db: Path, sessions: int) -> None:
     # 16 threads × 20 locked read-modify-writes, with a busy timeout of a quarter second. SQLite lets
     # one writer in at a time; its busy handler naps up to 100 ms a time and is not woken when the
-    # lock is freed, so without the turns a process's threads take (backend.py, _WRITE_TURNS) some
+    # lock is freed, so without the turns a process's threads take (connections.py, _WRITE_TURNS) some
     # thread's write would outwait a short busy timeout and fail with "database is locked".
     b = open_sqlite(db, "&socket_timeout=0.25")
     try:

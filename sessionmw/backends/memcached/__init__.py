@@ -65,6 +65,7 @@ Where each part lives:
 * :mod:`.placement`: the servers' ranking per key, ejection, the pooled clients, one call and its errors.
 * :mod:`.meta`: the meta commands, sent several at once over pymemcache's pooled connections.
 * :mod:`.index`: the per-user index; :mod:`.enumeration`: the metadump client and key listing.
+* :mod:`.copies`: a session's copies, the freshest read and each written under the lock holder's fence.
 * :mod:`.backend`: :class:`MemcachedBackend`, the primitives; :mod:`.figures`: gc, stats, server health;
   :mod:`.config`: the URL and its options.
 """

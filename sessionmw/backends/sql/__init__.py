@@ -34,7 +34,7 @@ How it works, and why:
   server after a few executions (its ``prepare_threshold``).
 * SQLite under concurrent writers, following SQLAlchemy's recipe for the ``sqlite3`` driver: the
   driver emits no ``BEGIN`` of its own (``isolation_level = None``), a ``begin`` hook emits
-  ``BEGIN IMMEDIATE`` for a write transaction (marked by the :data:`~.backend.WRITE` execution option)
+  ``BEGIN IMMEDIATE`` for a write transaction (marked by the :data:`~.connections.WRITE` execution option)
   and a deferred ``BEGIN`` for a read. A write waits for the write lock when it begins, under the
   busy timeout (``socket_timeout``), rather than failing at once with "database is locked" when it
   cannot upgrade; no call retries on its own. The file is switched to WAL (readers never wait for the
@@ -56,9 +56,10 @@ How it works, and why:
   and so that the planner picks the index that matters (see :meth:`SQLBackend._prefix_match`).
 
 Where each part lives: :mod:`.table` (the table and the pieces of statements), :mod:`.watchdog` (the
-thread that bounds calls of drivers with no read timeout), :mod:`.backend` (:class:`SQLBackend`: its
-connections, primitives and SQLite's write turns), :mod:`.config` (the URL, the engine, the driver's
-options and SQLite's connect and begin hooks).
+thread that bounds calls of drivers with no read timeout), :mod:`.connections` (each
+call's one short transaction on a live connection, table creation, SQLite's write turns),
+:mod:`.backend` (:class:`SQLBackend`: the primitives and the administration side), :mod:`.config`
+(the URL, the engine, the driver's options and SQLite's connect and begin hooks).
 """
 
 from __future__ import annotations
