@@ -47,7 +47,7 @@ How it works, and why:
   lock), and each session written or deleted while the fast tier could not be reached is remembered
   as "maybe stale there": the next use of it first deletes the fast copy, so a server that returns
   with its old memory (paused, partitioned) does not serve an older session. Both maps are bounded
-  (:data:`~.backend.MAX_TRACKED`, least recently used go first) and guarded by one mutex.
+  (:data:`~.tiers.MAX_TRACKED`, least recently used go first) and guarded by one mutex.
 * The durable tier down: existing sessions go on in the fast tier (their write-throughs are skipped,
   with a warning once per outage); creating a session needs the registry and answers 503.
 * Last access in the durable tier: writes not due for it still refresh its last access and expiry
@@ -61,7 +61,8 @@ How it works, and why:
   not lost sessions.
 
 Where each part lives: :mod:`.config` (:class:`TieredSpec`, the pair before it is opened),
-:mod:`.backend` (:class:`TieredBackend`, the primitives).
+:mod:`.tiers` (calling each tier, outages, the memory of held tokens and stale ids),
+:mod:`.backend` (:class:`TieredBackend`: the refill, the write-through and the primitives).
 """
 
 from __future__ import annotations
