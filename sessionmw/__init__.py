@@ -25,6 +25,7 @@ from .core.errors import SessionError as SessionError
 from .core.errors import SessionLockTimeout as SessionLockTimeout
 from .core.errors import SessionUnavailable as SessionUnavailable
 from .core.errors import TooManyWaiters as TooManyWaiters
+from .core.events import SessionEvent as SessionEvent
 from .core.readonly import read_only as read_only
 from .core.session import Session as Session
 
@@ -45,6 +46,7 @@ __all__ = [
     "SerializationError",
     "Session",
     "SessionError",
+    "SessionEvent",
     "SessionInfo",
     "SessionLockTimeout",
     "SessionMiddleware",

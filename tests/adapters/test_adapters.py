@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import threading
 import time
 import uuid
@@ -391,6 +393,32 @@ def test_public_names_are_exported() -> None:
         assert hasattr(sessionmw, name), name
     public = {n for n in vars(sessionmw) if not n.startswith("_") and n[0].isupper()}
     assert public <= set(sessionmw.__all__) | {"TYPE_CHECKING"}
+
+
+#: The public contract (shared/API.md, beside the project as ../shared/API.md).
+API_MD = Path(__file__).resolve().parents[3] / "shared" / "API.md"
+
+
+def test_every_name_the_api_page_gives_can_be_imported() -> None:
+    if not API_MD.exists():
+        pytest.skip(f"{API_MD} is not beside the project")
+    text = API_MD.read_text()
+    dotted = set(re.findall(r"(?<![\w\"\[.])sessionmw(?:\.[A-Za-z_]\w*)+", text))  # not "sessionmw.session" keys
+    imported = {
+        f"{module}.{name.strip()}"
+        for module, names in re.findall(r"from (sessionmw(?:\.\w+)*) import ([\w, ]+)", text)
+        for name in names.split(",")
+    }
+    named = dotted | imported
+    assert {"sessionmw.SessionEvent", "sessionmw.SessionMiddleware", "sessionmw.flask.FlaskSession"} <= named
+    for path in sorted(named):
+        parts = path.split(".")
+        target: Any = importlib.import_module(parts[0])
+        for i, part in enumerate(parts[1:], 1):
+            if not hasattr(target, part):
+                target = importlib.import_module(".".join(parts[: i + 1]))  # a submodule not imported yet
+            else:
+                target = getattr(target, part)
 
 
 def test_json_dumps_of_a_lazy_session_as_its_first_use() -> None:
