@@ -21,7 +21,7 @@ at all. ``--compiled-out`` does the same against a copy of this tree that it mak
 test of whether listeners are configured is the constant ``False`` (``COMPILED_OUT``), so Python
 compiles the event code away: "events off" beside it is what those tests cost a site without listeners.
 
-    python benchmarks/bench_events.py [--requests 2000] [--repeat 7] [--instructions]
+    python benchmarks/bench_events.py [--requests 2000] [--repeat 7] [--instructions] [--setups A,B]
                                       [--baseline PATH | --compiled-out] [--json FILE]
 """
 
@@ -188,7 +188,7 @@ def instructions(setup: str, backend: str, path: str, n: int, tree: str | None) 
     """CPU instructions per request under callgrind: (Ir(n) - Ir(0)) / n."""
 
     def ir(k: int) -> int:
-        env = dict(os.environ)
+        env = dict(os.environ, PYTHONHASHSEED="0")  # the same string hashes in every child: steadier counts
         if tree:
             env["PYTHONPATH"] = os.path.abspath(tree) + (os.pathsep + env.get("PYTHONPATH", "")).rstrip(os.pathsep)
         with tempfile.NamedTemporaryFile(suffix=".callgrind") as out:
@@ -245,14 +245,23 @@ def main() -> None:
     parser.add_argument(
         "--compiled-out", action="store_true", help="also measure this tree with the event code compiled out"
     )
+    parser.add_argument(
+        "--setups", help=f"a comma-separated subset of: {', '.join(SETUPS)} (default: all; events off always)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     args = parser.parse_args()
 
     setups = list(SETUPS)
+    if args.setups:
+        chosen = {s.strip() for s in args.setups.split(",")} | {"events off"}
+        if chosen - set(SETUPS):
+            parser.error(f"unknown set-ups: {', '.join(sorted(chosen - set(SETUPS)))}")
+        setups = [s for s in SETUPS if s in chosen]
     try:
         import opentelemetry.sdk  # noqa: F401
     except ImportError:
-        setups.remove("OpenTelemetry")
+        if "OpenTelemetry" in setups:
+            setups.remove("OpenTelemetry")
     base = BASELINE
     if args.compiled_out:
         if args.baseline:
