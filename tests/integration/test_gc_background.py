@@ -482,13 +482,14 @@ def test_gc_interval_none_never_collects(
 def test_two_workers_on_one_store_never_collect_at_once(
     kind: str, request: pytest.FixtureRequest, shared_tmp: Path, prefix: str
 ) -> None:
-    # Each batch is slowed, so that two collections in one interval would overlap and be seen. (A
-    # collection ends within half the interval plus one batch: the interval is long enough here for
-    # a batch on a busy machine.)
+    # Each batch is slowed, so that two collections in one interval would overlap and be seen. A
+    # collection starts no batch after half the interval, so it ends within half the interval plus
+    # one batch, and the turn lasts 0.9 of it: the 0.8 s between leave room for a batch slowed by two
+    # serving threads on a busy machine (with 1 s, the 0.4 s left was once not enough in CI).
     journal = Journal(hook=lambda who: time.sleep(0.2))
     url = store_url(kind, request, shared_tmp)
     workers = [Watched(open_backend(url, key_prefix=prefix), journal) for _ in range(2)]
-    interval = 1.0
+    interval = 2.0
     stop = threading.Event()
     errors: list[BaseException] = []
 
