@@ -47,7 +47,8 @@ def _usage_message(exc: click.UsageError) -> str:
     param = exc.param if isinstance(exc, click.BadParameter) else None
     if isinstance(exc, click.MissingParameter) and param is not None and param.envvar:
         envvar = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
-        message = f"{message.rstrip('.')} (or set {envvar})."
+        if envvar not in message:  # click 8.2 names it itself: "(env var: 'SESSIONMW_BACKEND')"
+            message = f"{message.rstrip('.')} (or set {envvar})."
     if exc.ctx is not None:
         stop = "" if message.endswith((".", "?", "!")) else "."
         message = f"{message}{stop} See '{exc.ctx.command_path} --help'."
