@@ -29,7 +29,7 @@ from sessionmw import ConfigError, SessionMiddleware, WSGISessionMiddleware, opt
 from sessionmw.backends.memory import MemoryBackend
 from sessionmw.flask import FlaskSession
 
-from ..apps import make_flask_app
+from ..apps import SLOW_ENTERED, make_flask_app
 
 
 def mem() -> str:
@@ -62,9 +62,12 @@ def test_asgi_app_that_raises_releases_the_lock_and_saves_nothing() -> None:
 
 
 def test_asgi_release_lets_a_streaming_response_run_without_the_lock() -> None:
+    released = threading.Event()
+
     async def stream(request: Any) -> StreamingResponse:
         request.session["n"] = request.session.get("n", 0) + 1
         request.session.release()
+        released.set()
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(10):
@@ -81,7 +84,7 @@ def test_asgi_release_lets_a_streaming_response_run_without_the_lock() -> None:
         out: list[Any] = []
         t = threading.Thread(target=lambda: out.append(c.get("/stream")))
         t.start()
-        time.sleep(0.3)
+        assert released.wait(15)  # the stream runs for a second more, a lock_timeout of 0.3 is not enough
         assert c.get("/inc").json() == {"n": 3}, "the lock was released before the stream ended"
         t.join()
         assert out[0].text == ".........."
@@ -245,9 +248,10 @@ def test_custom_error_response() -> None:
     app = starlette([Route("/inc", inc), Route("/slow", _slow)], lock_timeout=0.2, error_response=teapot)
     with TestClient(app) as c:
         c.get("/inc")
+        seen = SLOW_ENTERED.count
         t = threading.Thread(target=lambda: c.get("/slow"))
         t.start()
-        time.sleep(0.2)
+        SLOW_ENTERED.past(seen)  # /slow holds the lock now, for 0.8 s
         r = c.get("/inc")
         t.join()
         assert (r.status_code, r.text, r.headers["retry-after"]) == (503, "<p>busy</p>", "9")
@@ -255,6 +259,7 @@ def test_custom_error_response() -> None:
 
 def _slow(request: Any) -> PlainTextResponse:
     request.session["s"] = 1
+    SLOW_ENTERED.enter()
     time.sleep(0.8)
     return PlainTextResponse("done")
 
@@ -315,9 +320,10 @@ def test_flask_lock_timeout_is_a_503() -> None:
     assert cookie is not None
     other = app.test_client()
     other.set_cookie("session", cookie.value)
+    seen = SLOW_ENTERED.count
     t = threading.Thread(target=lambda: other.get("/slow?t=1"))
     t.start()
-    time.sleep(0.3)
+    SLOW_ENTERED.past(seen)  # it holds the lock now, for a second
     r = c.get("/inc")
     t.join()
     assert r.status_code == 503 and r.headers["Retry-After"].isdigit() and r.mimetype == "text/plain"

@@ -367,12 +367,35 @@ def test_a_dead_holders_lock_is_broken_after_lock_expire(adapter: str, backend_u
         dead.close()
 
 
+class Queued:
+    """A listener object that counts the requests queued for a lock (the drivers call ``waiting``)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.now = 0
+
+    def __call__(self, event: Any) -> None:
+        """Events are not needed here."""
+
+    def waiting(self, delta: int) -> None:
+        with self.cond:
+            self.now += delta
+            self.cond.notify_all()
+
+    def reach(self, n: int, timeout: float = 15.0) -> None:
+        """Return once ``n`` requests are queued."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.now >= n, timeout), f"{n} request(s) never queued"
+
+
 def test_max_waiters_fails_fast(backend_url: str, key_prefix: str) -> None:
-    with client_for("asgi", backend=backend_url, key_prefix=key_prefix, lock_timeout=5, max_waiters=1) as c:
+    queued = Queued()
+    options = {"lock_timeout": 5, "max_waiters": 1, "listeners": [queued]}
+    with client_for("asgi", backend=backend_url, key_prefix=key_prefix, **options) as c:
         c.get("/inc")
         holder, _ = holding(c, 1.5)
         waiter, waited = _in_thread(lambda: c.get("/inc"))
-        time.sleep(0.3)
+        queued.reach(1)  # the waiter is in the queue, and the queue is full
         started = time.monotonic()
         r = c.get("/inc")
         assert r.status_code == 503 and time.monotonic() - started < 1.0
