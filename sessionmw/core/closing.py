@@ -48,6 +48,7 @@ from .handles import handle_of
 from .lifetime import Lifetime
 from .ops import Create, Delete, Extend, Log, Op, Refresh, Release, Save, SaveTail, UserSessions
 from .outcome import NO_REQUEST, QUIET, VARY, CookieAction, Outcome, RequestFacts
+from .patches import MIN_BASE
 from .sealing import Sealing
 from .session import Session
 from .state import RequestState
@@ -202,7 +203,7 @@ class Closing(Sealing):
             raise RuntimeError("sessionmw: writing a session whose lock is not held")
         saved: bool | None = None
         tail = None
-        if self.tails:
+        if self.tails and len(rec.data) >= MIN_BASE:  # small sessions, most of them: no call on their path
             tail = changed_tail(
                 data,
                 s._changed,
