@@ -29,7 +29,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColu
 
 from ..core.errors import SessionError
 from .display import SHORT, abbreviated, console, err_console, figures_table, progress_display, sessions_table
-from .display import human_bytes as _human_bytes  # noqa: F401  (tests/cli import it from here)
 
 __all__ = ["SHORT", "main"]
 

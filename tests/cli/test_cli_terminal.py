@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from sessionmw.admin.cli import _human_bytes, main
+from sessionmw.admin.cli import main
+from sessionmw.admin.display import human_bytes
 from sessionmw.backends import open_backend
 from sessionmw.backends.base import Record
 
@@ -241,7 +242,7 @@ def test_a_missing_table_on_a_database_server_is_one_line_and_not_created(server
     [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1_284_340, "1.2 MiB"), (5 * 1024**3, "5.0 GiB")],
 )
 def test_human_bytes(n: int, text: str) -> None:
-    assert _human_bytes(n) == text
+    assert human_bytes(n) == text
 
 
 def test_stats_counts_are_integers(tmp_path: Path, key_prefix: str) -> None:
